@@ -1,0 +1,157 @@
+"""Command line: ``hermes-jax estimate ...``."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .engine import EngineSpec
+from .errors import ConfigError
+from .estimate import check_fits, static_batch
+from .hardware.catalog import default_catalog, get_hardware
+from .iteration import BOUNDS, operators
+from .kernels.roofline import RooflineOptions
+from .models.config import DTYPE_BYTES, get_model, load_hf_config
+from .models.operators import Parallelism
+
+GROUP_ORDER = ("embedding", "norms", "projections", "attention", "mlp", "moe", "lm_head", "communication", "host")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
+    return values
+
+
+def group_bounds(engine: EngineSpec, cost) -> dict[str, dict]:
+    """Per operator group: seconds and the dominant bound (compute, memory, network, overhead)."""
+    terms = np.stack([np.asarray(cost.op_compute), np.asarray(cost.op_memory), np.asarray(cost.op_network),
+                      np.asarray(cost.op_overhead)], axis=-1)
+    times = np.asarray(cost.op_time)
+    groups: dict[str, dict] = {}
+    for i, op in enumerate(operators(engine)):
+        g = groups.setdefault(op.group, {"time_s": 0.0, "terms": np.zeros(4)})
+        g["time_s"] += float(times[i])
+        g["terms"] += terms[i]
+    host = float(cost.host)
+    if host > 0:
+        groups["host"] = {"time_s": host, "terms": np.array([0, 0, 0, host])}
+    return {name: {"time_s": groups[name]["time_s"], "bound": BOUNDS[int(np.argmax(groups[name]["terms"]))]}
+            for name in GROUP_ORDER if name in groups}
+
+
+def _estimate_rows(args) -> list[dict]:
+    catalog = default_catalog()
+    if args.hardware_file:
+        defined = catalog.load_user_file(args.hardware_file)
+        if not args.hardware and len(defined) == 1:
+            args.hardware = defined[0]
+    model = load_hf_config(args.model_config) if args.model_config else get_model(args.model)
+    hardware = get_hardware(args.hardware, ideal=args.ideal, catalog=catalog)
+    rows = []
+    for tp, batch, prompt, output in itertools.product(args.tp, args.batch, args.prompt, args.output):
+        engine = EngineSpec(model, hardware.spec, Parallelism(tp=tp, pp=args.pp, ep=args.ep),
+                            weight_dtype=args.dtype, kv_dtype=args.kv_dtype or "",
+                            roofline=RooflineOptions("smooth" if args.smooth else "max"))
+        if batch < 1 or prompt < 1:
+            raise ConfigError(f"--batch and --prompt must be >= 1 (got batch {batch}, prompt {prompt})")
+        if model.encoder and output > 0:
+            output = 0  # encoders produce no tokens: the estimate is one forward pass
+        fp = check_fits(engine, hardware.params, batch, prompt, output)
+        est = static_batch(engine, hardware.params, batch, prompt, output)
+        rows.append({
+            "model": model.name, "hardware": hardware.spec.name, "tp": tp, "pp": args.pp, "ep": args.ep,
+            "batch": batch, "prompt": prompt, "output": output, "dtype": engine.weight_dtype,
+            "kv_dtype": engine.kv_dtype, "ideal": bool(args.ideal), "calibrated": hardware.spec.calibrated,
+            "efficiency_source": hardware.spec.provenance,
+            "prefill_s": float(est.prefill_s), "decode_step_s": float(est.decode_step_s),
+            "tpot_s": float(est.tpot_s), "e2e_s": float(est.e2e_s),
+            "weights_bytes": fp.weights * engine.devices, "weights_bytes_per_device": fp.weights,
+            "kv_bytes_per_token": fp.kv_per_token, "kv_bytes_per_token_per_device": fp.kv_per_token_device,
+            "kv_total_bytes": fp.kv_total * engine.devices, "memory_per_device_bytes": fp.required,
+            "device_capacity_bytes": fp.capacity,
+            "prefill_groups": group_bounds(engine, est.prefill),
+            "decode_groups": group_bounds(engine, est.decode_first) if output > 1 else {},
+        })
+    return rows
+
+
+def _print_table(rows: list[dict]) -> None:
+    gb = 1e9
+    for row in rows:
+        cal = "calibrated" if row["calibrated"] else row["efficiency_source"]
+        print(f"{row['model']} on {row['hardware']} tp={row['tp']} pp={row['pp']}  batch={row['batch']} "
+              f"prompt={row['prompt']} output={row['output']}  [{row['dtype']}; {cal}]")
+        print(f"  prefill      {row['prefill_s'] * 1e3:10.2f} ms")
+        print(f"  decode step  {row['decode_step_s'] * 1e3:10.2f} ms   (mean over output: {row['tpot_s'] * 1e3:.2f} ms)")
+        print(f"  end to end   {row['e2e_s'] * 1e3:10.2f} ms")
+        print(f"  memory       weights {row['weights_bytes'] / gb:.2f} GB total ({row['weights_bytes_per_device'] / gb:.2f} "
+              f"per device), KV {row['kv_bytes_per_token'] / 1e3:.1f} KB/token, KV total {row['kv_total_bytes'] / gb:.3f} GB, "
+              f"{row['memory_per_device_bytes'] / gb:.1f} of {row['device_capacity_bytes'] / gb:.1f} GB per device")
+        print(f"  {'group':14s} {'prefill ms':>11s} {'bound':>9s} {'decode ms':>11s} {'bound':>9s}")
+        for name in GROUP_ORDER:
+            p, d = row["prefill_groups"].get(name), row["decode_groups"].get(name)
+            if p is None and d is None:
+                continue
+            fmt = lambda g: (f"{g['time_s'] * 1e3:11.3f} {g['bound']:>9s}" if g else f"{'-':>11s} {'-':>9s}")
+            print(f"  {name:14s} {fmt(p)} {fmt(d)}")
+        print()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hermes-jax", description="Differentiable LLM serving simulator")
+    sub = parser.add_subparsers(dest="command", required=True)
+    est = sub.add_parser("estimate", help="static-batch prefill / decode / end-to-end time and memory",
+                         description="Time of a static batch: prefill of every request (which samples the first "
+                                     "token), then output-1 decode steps over a growing context. Comma lists give "
+                                     "the full grid.")
+    src = est.add_mutually_exclusive_group()
+    src.add_argument("--model", default="llama-2-70b", help="catalog model name (default llama-2-70b)")
+    src.add_argument("--model-config", metavar="PATH", help="a Hugging Face config.json instead of a catalog name")
+    est.add_argument("--hardware", default=None, help="catalog device name (default h100-sxm)")
+    est.add_argument("--hardware-file", metavar="PATH", help="TOML with [device.NAME] (and link/cpu/tier) tables")
+    est.add_argument("--tp", type=_int_list, default=[8], help="tensor-parallel degree(s), comma list (default 8)")
+    est.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree")
+    est.add_argument("--ep", type=int, default=1, help="expert-parallel degree (MoE)")
+    est.add_argument("--batch", type=_int_list, default=[1], help="requests per batch, comma list")
+    est.add_argument("--prompt", type=_int_list, default=[2048], help="input tokens per request, comma list")
+    est.add_argument("--output", type=_int_list, default=[256], help="output tokens per request, comma list")
+    est.add_argument("--dtype", default="bf16", choices=sorted(DTYPE_BYTES), help="weight dtype")
+    est.add_argument("--kv-dtype", default=None, help="KV-cache dtype (default: from --dtype)")
+    est.add_argument("--ideal", action="store_true", help="pure datasheet roofline: efficiency 1, no overheads")
+    est.add_argument("--smooth", action="store_true", help="smooth max in the roofline (for gradients)")
+    est.add_argument("--json", action="store_true", help="one JSON object per grid point, one per line")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "estimate":
+            if args.hardware is None and not args.hardware_file:
+                args.hardware = "h100-sxm"
+            rows = _estimate_rows(args)
+            if args.json:
+                for row in rows:
+                    print(json.dumps(row))
+            else:
+                _print_table(rows)
+    except ConfigError as exc:
+        print(f"hermes-jax: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into head and closed early
+        sys.stderr.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Time of one engine iteration (prefill, decode or mixed batch), differentiable in HardwareParams.
+
+``iteration_cost`` is pure JAX: it jit-compiles, differentiates with respect to every hardware
+parameter, and broadcasts over leading batch axes of ``new`` / ``context`` / ``logits``
+(e.g. decode steps) and, through ``jax.vmap``, over parameter sets.
+
+iteration time = host_overhead + host_overhead_per_seq * active_sequences
+               + sum over operators of count * service_time(operator)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .engine import EngineSpec
+from .hardware.params import HardwareParams
+from .kernels.collectives import collective_time
+from .kernels.roofline import op_time
+from .models.operators import ATTENTION, COLLECTIVE, ELEMENTWISE, GEMM, OpSpec, op_specs, operator_costs
+
+BOUNDS = ("compute", "memory", "network", "overhead")
+
+
+class IterationCost(NamedTuple):
+    """Cost of one iteration. ``...`` is the broadcast batch shape of the inputs; n = len(ops)."""
+
+    time: jax.Array          # (...,) s, whole iteration including host overhead
+    host: jax.Array          # (...,) s, host overhead part
+    op_time: jax.Array       # (..., n) s, per operator type, all its executions
+    op_compute: jax.Array    # (..., n) s, compute-roofline term (all executions)
+    op_memory: jax.Array     # (..., n) s, memory-roofline term (all executions)
+    op_network: jax.Array    # (..., n) s, collective time (all executions)
+    op_overhead: jax.Array   # (..., n) s, fixed per-kernel overhead (all executions)
+    op_flop: jax.Array       # (..., n) FLOP per device, all executions
+    op_bytes: jax.Array      # (..., n) B per device (messages for collectives), all executions
+
+
+def iteration_cost(engine: EngineSpec, hw: HardwareParams, new, context, logits, copies=None) -> IterationCost:
+    """Cost of one iteration; ``new``, ``context``, ``logits`` (and optional ``copies``, identical
+    sequences per slot) have shape (..., B) in tokens."""
+    ops = op_specs(engine.model, engine.parallel)
+    costs = operator_costs(engine.model, engine.parallel, engine.weight_dtype, engine.kv_dtype,
+                           engine.act_dtype, new, context, logits, copies)
+    active = costs["_active_sequences"][0]
+    peak_gemm = hw.peak(engine.compute_dtype)
+    peak_vector = hw.peak("fp32")
+    cols = {k: [] for k in ("time", "compute", "memory", "network", "overhead", "flop", "bytes")}
+    for op in ops:
+        flop, nbytes = costs[op.name]
+        flop = jnp.broadcast_to(flop, active.shape).astype(hw.log["hbm_bandwidth"].dtype)
+        nbytes = jnp.broadcast_to(nbytes, active.shape).astype(flop.dtype)
+        zero = jnp.zeros_like(flop)
+        if op.kind == COLLECTIVE:
+            t = collective_time(op.collective, nbytes, op.group_size, hw, engine.system.devices_per_node,
+                                engine.collective)
+            tc, tm, tn, to = zero, zero, t, zero
+        else:
+            # Size-dependent efficiency is a property of tiled matrix kernels; elementwise kernels run
+            # on the vector units and are memory-bound, so they get neither tensor peak nor half size.
+            peak, eff, half = {GEMM: (peak_gemm, hw.compute_efficiency, hw.compute_half_flop),
+                               ATTENTION: (peak_gemm, hw.attention_efficiency, hw.compute_half_flop),
+                               ELEMENTWISE: (peak_vector, hw.compute_efficiency, 0.0)}[op.kind]
+            t, tc, tm = op_time(flop, nbytes, hw, peak, eff, half, engine.roofline)
+            tn, to = zero, jnp.where((flop > 0) | (nbytes > 0), hw.kernel_overhead_s, 0.0)
+        for key, value in zip(cols, (t, tc, tm, tn, to, flop, nbytes)):
+            cols[key].append(op.count * value)
+    stacked = {k: jnp.stack(v, axis=-1) for k, v in cols.items()}
+    host = jnp.where(active > 0, hw.host_overhead_s + hw.host_overhead_per_seq_s * active, 0.0)
+    return IterationCost(time=stacked["time"].sum(-1) + host, host=host, op_time=stacked["time"],
+                         op_compute=stacked["compute"], op_memory=stacked["memory"],
+                         op_network=stacked["network"], op_overhead=stacked["overhead"],
+                         op_flop=stacked["flop"], op_bytes=stacked["bytes"])
+
+
+def iteration_time(engine: EngineSpec, hw: HardwareParams, new, context, logits=None):
+    """Seconds for one iteration; ``logits`` defaults to every active slot sampling a token."""
+    new = jnp.asarray(new)
+    logits = (new > 0) if logits is None else logits
+    return iteration_cost(engine, hw, new, context, logits).time
+
+
+def operators(engine: EngineSpec) -> tuple[OpSpec, ...]:
+    """Static operator list matching the last axis of ``IterationCost`` fields."""
+    return op_specs(engine.model, engine.parallel)
+
+
+def bounds(cost: IterationCost) -> list[str]:
+    """Dominant bound per operator (unbatched cost): compute, memory, network or overhead."""
+    terms = jnp.stack([cost.op_compute, cost.op_memory, cost.op_network, cost.op_overhead], axis=-1)
+    return [BOUNDS[int(i)] for i in jnp.argmax(terms, axis=-1)]

@@ -1,0 +1,58 @@
+"""Reading TOML data files with errors that point at the file and line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from .errors import ConfigError
+
+
+def load_toml(path: str | Path) -> dict:
+    """Parse ``path``; a syntax error becomes a ConfigError naming the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read file ({exc.strerror})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def entry_line(path: str | Path, entry: str) -> int | None:
+    """Line number of the ``[entry]`` table header in a TOML file, for error messages."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return None
+    pattern = re.compile(r"^\s*\[\s*\"?" + re.escape(entry) + r"\"?\s*\]")
+    for number, line in enumerate(lines, start=1):
+        if pattern.match(line):
+            return number
+    return None
+
+
+def field_line(path: str | Path, entry: str, field: str) -> int | None:
+    """Line of ``field = ...`` inside table ``[entry]`` (dotted keys allowed), else the header line."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return None
+    start = entry_line(path, entry)
+    if start is None:
+        return None
+    key = re.compile(r"^\s*\"?" + re.escape(field) + r"\"?\s*=")
+    for number in range(start, len(lines)):
+        line = lines[number]
+        if line.lstrip().startswith("["):
+            break
+        if key.match(line):
+            return number + 1
+    return start

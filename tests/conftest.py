@@ -1,0 +1,29 @@
+"""Shared fixtures. Compiled functions are cached per EngineSpec inside JAX, so tests reuse them by
+building engines through these fixtures instead of new configurations each time."""
+
+import jax
+import pytest
+
+jax.config.update("jax_enable_x64", True)  # gradient and precision tests need float64
+
+from hermes_jax import EngineSpec, Parallelism, get_hardware, get_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def a100_ideal():
+    return get_hardware("a100-80gb", ideal=True)
+
+
+@pytest.fixture(scope="session")
+def h100():
+    return get_hardware("h100-sxm")
+
+
+@pytest.fixture(scope="session")
+def llama7b_a100(a100_ideal):
+    return EngineSpec(get_model("llama-2-7b"), a100_ideal.spec, Parallelism(tp=1))
+
+
+@pytest.fixture(scope="session")
+def llama70b_h100_tp8(h100):
+    return EngineSpec(get_model("llama-2-70b"), h100.spec, Parallelism(tp=8))
