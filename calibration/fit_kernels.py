@@ -93,7 +93,7 @@ def msle(pred, meas):
 
 # ---------------------------------------------------------------- Splitwise (serving level)
 SPLITWISE_FIT = ["compute_efficiency", "compute_half_flop", "attention_efficiency", "memory_efficiency",
-                 "memory_half_bytes", "kernel_overhead_s", "host_overhead_s", "host_overhead_per_seq_s",
+                 "memory_half_bytes", "elementwise_efficiency", "kernel_overhead_s", "host_overhead_s", "host_overhead_per_seq_s",
                  "intra_link_efficiency", "intra_link_latency"]
 
 
@@ -140,7 +140,8 @@ def calibrate_splitwise(notes, table, fitted):
 
 
 # ---------------------------------------------------------------- Vidur operators
-OP_FIT = ["compute_efficiency", "compute_half_flop", "memory_efficiency", "memory_half_bytes", "kernel_overhead_s"]
+OP_FIT = ["compute_efficiency", "compute_half_flop", "memory_efficiency", "memory_half_bytes", "elementwise_efficiency",
+          "kernel_overhead_s"]
 TRAIN_MODELS = ("llama-2-7b", "llama-2-70b")
 
 

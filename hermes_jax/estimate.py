@@ -75,7 +75,7 @@ class StaticBatchEstimate(NamedTuple):
 
 
 def _cost(engine, hw, prompt, context, batch, new):
-    one = jnp.ones((1,))
+    one = jnp.ones((1,), dtype=prompt.dtype)
     return iteration_cost(engine, hw, new * one, jnp.asarray(context)[..., None] * one, one,
                           copies=jnp.asarray(batch)[..., None] * one)
 

@@ -44,13 +44,14 @@ def iteration_cost(engine: EngineSpec, hw: HardwareParams, new, context, logits,
     ops = op_specs(engine.model, engine.parallel)
     costs = operator_costs(engine.model, engine.parallel, engine.weight_dtype, engine.kv_dtype,
                            engine.act_dtype, new, context, logits, copies)
-    active = costs["_active_sequences"][0]
+    dtype = hw.log["hbm_bandwidth"].dtype
+    active = costs["_active_sequences"][0].astype(dtype)
     peak_gemm = hw.peak(engine.compute_dtype)
     peak_vector = hw.peak("fp32")
     cols = {k: [] for k in ("time", "compute", "memory", "network", "overhead", "flop", "bytes")}
     for op in ops:
         flop, nbytes = costs[op.name]
-        flop = jnp.broadcast_to(flop, active.shape).astype(hw.log["hbm_bandwidth"].dtype)
+        flop = jnp.broadcast_to(flop, active.shape).astype(dtype)
         nbytes = jnp.broadcast_to(nbytes, active.shape).astype(flop.dtype)
         zero = jnp.zeros_like(flop)
         if op.kind == COLLECTIVE:
@@ -59,11 +60,13 @@ def iteration_cost(engine: EngineSpec, hw: HardwareParams, new, context, logits,
             tc, tm, tn, to = zero, zero, t, zero
         else:
             # Size-dependent efficiency is a property of tiled matrix kernels; elementwise kernels run
-            # on the vector units and are memory-bound, so they get neither tensor peak nor half size.
-            peak, eff, half = {GEMM: (peak_gemm, hw.compute_efficiency, hw.compute_half_flop),
-                               ATTENTION: (peak_gemm, hw.attention_efficiency, hw.compute_half_flop),
-                               ELEMENTWISE: (peak_vector, hw.compute_efficiency, 0.0)}[op.kind]
-            t, tc, tm = op_time(flop, nbytes, hw, peak, eff, half, engine.roofline)
+            # on the vector units, are memory-bound and stream less efficiently than GEMM weight reads
+            # (measured: Vidur profiles), so they get the vector peak, no half size, their own efficiency.
+            peak, eff, half, mem_eff = {
+                GEMM: (peak_gemm, hw.compute_efficiency, hw.compute_half_flop, hw.memory_efficiency),
+                ATTENTION: (peak_gemm, hw.attention_efficiency, hw.compute_half_flop, hw.memory_efficiency),
+                ELEMENTWISE: (peak_vector, hw.compute_efficiency, 0.0, hw.elementwise_efficiency)}[op.kind]
+            t, tc, tm = op_time(flop, nbytes, hw, peak, eff, half, mem_eff, engine.roofline)
             tn, to = zero, jnp.where((flop > 0) | (nbytes > 0), hw.kernel_overhead_s, 0.0)
         for key, value in zip(cols, (t, tc, tm, tn, to, flop, nbytes)):
             cols[key].append(op.count * value)

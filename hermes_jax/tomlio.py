@@ -32,7 +32,8 @@ def entry_line(path: str | Path, entry: str) -> int | None:
         lines = Path(path).read_text().splitlines()
     except OSError:
         return None
-    pattern = re.compile(r"^\s*\[\s*\"?" + re.escape(entry) + r"\"?\s*\]")
+    # ``[name]``, ``["name"]`` or, in user files, ``[kind.name]``
+    pattern = re.compile(r"^\s*\[\s*(?:[\w-]+\.)?\"?" + re.escape(entry) + r"\"?\s*\]")
     for number, line in enumerate(lines, start=1):
         if pattern.match(line):
             return number

@@ -38,6 +38,8 @@ FIELDS: dict[str, tuple[tuple[int, ...], str, str]] = {
     "attention_efficiency": ((), "1", "share of peak reached by attention kernels"),
     "memory_efficiency": ((), "1", "share of HBM bandwidth reached by large streams"),
     "memory_half_bytes": ((), "B", "per-device op traffic at which bandwidth efficiency is halved"),
+    "elementwise_efficiency": ((), "1", "share of HBM bandwidth reached by unfused elementwise kernels "
+                               "(norms, rope, activation, residual add, embedding gather)"),
     "kernel_overhead_s": ((), "s", "fixed time per kernel (launch and tail)"),
     "host_overhead_s": ((), "s", "per-iteration host time: scheduler, input preparation, sampler"),
     "host_overhead_per_seq_s": ((), "s", "extra host time per sequence in the batch per iteration"),
@@ -62,7 +64,7 @@ FIELDS: dict[str, tuple[tuple[int, ...], str, str]] = {
     "price_per_hour": ((), "$/h", "rental price per device-hour"),
 }
 
-EFFICIENCY_FIELDS = ("compute_efficiency", "attention_efficiency", "memory_efficiency",
+EFFICIENCY_FIELDS = ("compute_efficiency", "attention_efficiency", "memory_efficiency", "elementwise_efficiency",
                      "intra_link_efficiency", "inter_link_efficiency")
 OVERHEAD_FIELDS = ("compute_half_flop", "memory_half_bytes", "kernel_overhead_s",
                    "host_overhead_s", "host_overhead_per_seq_s")

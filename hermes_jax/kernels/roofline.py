@@ -51,11 +51,11 @@ def memory_time(nbytes, bandwidth, efficiency, half_bytes):
     return jnp.where(nbytes > 0, (nbytes + half_bytes) / (bandwidth * efficiency), 0.0)
 
 
-def op_time(flop, nbytes, hw: HardwareParams, peak, compute_efficiency, half_flop,
+def op_time(flop, nbytes, hw: HardwareParams, peak, compute_efficiency, half_flop, memory_efficiency,
             options: RooflineOptions = RooflineOptions()):
     """(total, compute, memory) seconds of one kernel; no kernel overhead when there is no work."""
     tc = compute_time(flop, peak, compute_efficiency, half_flop)
-    tm = memory_time(nbytes, hw.hbm_bandwidth, hw.memory_efficiency, hw.memory_half_bytes)
+    tm = memory_time(nbytes, hw.hbm_bandwidth, memory_efficiency, hw.memory_half_bytes)
     busy = (flop > 0) | (nbytes > 0)
     total = combine(tc, tm, options) + jnp.where(busy, hw.kernel_overhead_s, 0.0)
     return total, tc, tm

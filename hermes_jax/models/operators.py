@@ -79,36 +79,37 @@ def op_specs(model: ModelConfig, par: Parallelism) -> tuple[OpSpec, ...]:
     return tuple(op for op in ops if op.count > 0)
 
 
-def _attended_pairs(new, context, window, bidirectional):
+def _attended_pairs(new, context, window, bidirectional, xp=jnp):
     """Query-key pairs per sequence: causal with an optional sliding window, or all pairs."""
     if bidirectional:
         return new * (context + new)
     if not window:
         return new * context + new * (new + 1) / 2
     # Query j (1..n) at position context + j sees min(context + j, window) keys.
-    m = jnp.clip(window - context, 0, new)
+    m = xp.clip(window - context, 0, new)
     return m * context + m * (m + 1) / 2 + (new - m) * window
 
 
 def operator_costs(model: ModelConfig, par: Parallelism, weight_dtype: str, kv_dtype: str,
-                   act_dtype: str, new, context, logits, copies=None) -> dict[str, tuple]:
+                   act_dtype: str, new, context, logits, copies=None, xp=jnp) -> dict[str, tuple]:
     """``{op name: (flop, bytes)}`` per device per execution; for collectives bytes is the message.
 
     ``new``, ``context``, ``logits``: arrays of shape (..., B) in tokens; leading axes broadcast
     (e.g. over decode steps). ``copies`` (same shape, default 1) counts identical sequences per
     slot, so a static batch of B equal requests is one slot with copies = B (B stays dynamic).
-    Returned arrays have the leading shape.
+    Returned arrays have the leading shape. ``xp`` is the array module (``numpy`` for the NumPy
+    baseline in benchmarks/, which must use the very same formulas).
     """
     wb, kvb, ab = dtype_bytes(weight_dtype), dtype_bytes(kv_dtype), dtype_bytes(act_dtype)
     tp, ep = par.tp, par.ep
     d, e = model.hidden, model.head_dim
     h = model.heads / tp
     g = max(model.kv_heads / tp, 1.0)
-    copies = jnp.ones_like(jnp.asarray(new)) if copies is None else copies
-    new, context, logits, copies = jnp.broadcast_arrays(new, context, logits, copies)
+    copies = xp.ones_like(xp.asarray(new)) if copies is None else copies
+    new, context, logits, copies = xp.broadcast_arrays(new, context, logits, copies)
     T = (copies * new).sum(-1)
     S = (copies * (new > 0)).sum(-1)
-    Lg = (copies * jnp.asarray(logits)).sum(-1)
+    Lg = (copies * xp.asarray(logits)).sum(-1)
     costs: dict[str, tuple] = {}
 
     def gemm(name, m_tokens, k_in, n_out, weights=None):
@@ -133,10 +134,10 @@ def operator_costs(model: ModelConfig, par: Parallelism, weight_dtype: str, kv_d
         attn_flop_per_pair, q_o_width, out_in = 4.0 * h * e, 2 * h * e, h * e
     kv_elems = model.kv_lora_rank + model.qk_rope_dim if model.is_mla else 2 * g * e  # per token per layer
 
-    pairs = (copies * _attended_pairs(new, context, model.sliding_window, model.encoder)).sum(-1)
+    pairs = (copies * _attended_pairs(new, context, model.sliding_window, model.encoder, xp)).sum(-1)
     window = model.sliding_window or None
-    kv_read = jnp.minimum(context + new, window) if window else context + new
-    kv_read = (copies * jnp.where(new > 0, kv_read, 0)).sum(-1)
+    kv_read = xp.minimum(context + new, window) if window else context + new
+    kv_read = (copies * xp.where(new > 0, kv_read, 0)).sum(-1)
     kv_traffic = 0.0 if model.encoder else (kv_read + T) * kv_elems * kvb  # read context, write new
     costs["attention"] = (attn_flop_per_pair * pairs, kv_traffic + T * q_o_width * ab)
     gemm("out_proj", T, out_in, d)
