@@ -37,9 +37,8 @@ sys.path.insert(0, str(HERE))
 import data  # noqa: E402
 
 from hermes_jax import EngineSpec, Parallelism, get_hardware, get_model, iteration_cost, static_batch  # noqa: E402
-from hermes_jax.hardware.catalog import Catalog, DATA as CATALOG_DATA, FILES, GENERIC_PRIOR  # noqa: E402
+from hermes_jax.hardware.catalog import DATA as CATALOG_DATA, GENERIC_PRIOR, shipped_catalog  # noqa: E402
 from hermes_jax.iteration import operators  # noqa: E402
-from hermes_jax.tomlio import load_toml  # noqa: E402
 
 RESULTS = HERE / "results"
 STEPS, LEARNING_RATE = 1500, 0.03
@@ -47,12 +46,7 @@ STEPS, LEARNING_RATE = 1500, 0.03
 
 def uncalibrated(name: str):
     """Datasheet entry with the generic prior, ignoring any existing calibrated overlay."""
-    catalog = Catalog()
-    for kind, filename in FILES.items():
-        path = CATALOG_DATA / filename
-        for entry_name, entry in load_toml(path).items():
-            catalog.add(kind, entry_name, entry, path)
-    return get_hardware(name, catalog=catalog, dtype=jnp.float64)
+    return get_hardware(name, catalog=shipped_catalog(calibrated=False), dtype=jnp.float64)
 
 
 def with_logs(params, logs: dict):

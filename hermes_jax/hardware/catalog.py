@@ -158,19 +158,25 @@ def _validate(kind: str, name: str, entry: dict, path: Path) -> None:
 _DEFAULT: Catalog | None = None
 
 
+def shipped_catalog(calibrated: bool = True) -> Catalog:
+    """A fresh copy of the shipped datasheet entries, with the calibrated overlay unless told not to
+    (calibration/ fits start from the datasheet values and the generic prior)."""
+    catalog = Catalog()
+    for kind, filename in FILES.items():
+        path = DATA / filename
+        for name, entry in load_toml(path).items():
+            catalog.add(kind, name, entry, path)
+    overlay = DATA / "calibrated.toml"
+    if calibrated and overlay.exists():
+        catalog.calibrated = load_toml(overlay)
+    return catalog
+
+
 def default_catalog() -> Catalog:
-    """The shipped catalog (loaded once) with the calibrated overlay."""
+    """The shipped catalog with the calibrated overlay, loaded once."""
     global _DEFAULT
     if _DEFAULT is None:
-        catalog = Catalog()
-        for kind, filename in FILES.items():
-            path = DATA / filename
-            for name, entry in load_toml(path).items():
-                catalog.add(kind, name, entry, path)
-        overlay = DATA / "calibrated.toml"
-        if overlay.exists():
-            catalog.calibrated = load_toml(overlay)
-        _DEFAULT = catalog
+        _DEFAULT = shipped_catalog()
     return _DEFAULT
 
 
