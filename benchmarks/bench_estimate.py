@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hermes_jax import EngineSpec, Parallelism, get_hardware, get_model, static_batch
-from hermes_jax.hardware.params import stack
+from hermes_jax.hardware.params import ELEMENTWISE_KERNELS, stack
 from hermes_jax.iteration import operators
 from hermes_jax.models.operators import ATTENTION, COLLECTIVE, ELEMENTWISE, operator_costs
 
@@ -37,21 +37,27 @@ def numpy_static_batch(engine, nat, batch, prompt, output):
         total = 0.0
         for op in ops:
             flop, nbytes = (float(x) for x in c[op.name])
+            if op.kind == ATTENTION:
+                flop += (1.0 - nat["attention_causal_efficiency"]) * float(c["_attention_masked_flop"][0])
             if op.kind == COLLECTIVE:
                 p = op.group_size
                 a, b = nat["intra_link_latency"], nat["intra_link_bandwidth"] * nat["intra_link_efficiency"]
                 t = 2 * (p - 1) * (a + nbytes / (p * b)) if op.collective == "allreduce" else a + nbytes / b
+                t += nat["collective_overhead_s"]
             else:
                 elementwise = op.kind == ELEMENTWISE
                 pk = nat["peak_flops"][0] if elementwise else peak
                 eff = nat["attention_efficiency"] if op.kind == ATTENTION else nat["compute_efficiency"]
                 half = 0.0 if elementwise else nat["compute_half_flop"]
-                meff = nat["elementwise_efficiency"] if elementwise else nat["memory_efficiency"]
+                meff = (nat["elementwise_efficiency"][ELEMENTWISE_KERNELS.index(op.kernel)] if elementwise
+                        else nat["memory_efficiency"])
                 tc = (flop + half) / (pk * eff) if flop > 0 else 0.0
                 tm = (nbytes + nat["memory_half_bytes"]) / (nat["hbm_bandwidth"] * meff) if nbytes > 0 else 0.0
                 t = max(tc, tm) + nat["kernel_overhead_s"]
             total += op.count * t
-        return total + nat["host_overhead_s"] + nat["host_overhead_per_seq_s"] * batch
+        sampler = engine.model.vocab * (nat["host_overhead_per_vocab_s"] + nat["host_overhead_per_logit_s"] * batch)
+        multiworker = nat["host_overhead_multiworker_s"] if engine.parallel.devices > 1 else 0.0
+        return total + nat["host_overhead_s"] + nat["host_overhead_per_seq_s"] * batch + multiworker + sampler
 
     prefill = iteration(prompt, 0.0)
     decode = sum(iteration(1.0, prompt + k) for k in range(int(output) - 1))

@@ -4,8 +4,10 @@
 parameter, and broadcasts over leading batch axes of ``new`` / ``context`` / ``logits``
 (e.g. decode steps) and, through ``jax.vmap``, over parameter sets.
 
-iteration time = host_overhead + host_overhead_per_seq * active_sequences
-               + sum over operators of count * service_time(operator)
+iteration time = host time + sum over operators of count * service_time(operator), where
+host time = host_overhead + host_overhead_per_seq * active sequences
+          + host_overhead_multiworker [engine spans > 1 device]
+          + vocab * (host_overhead_per_vocab + host_overhead_per_logit * sampled sequences)
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from .engine import EngineSpec
-from .hardware.params import HardwareParams
+from .hardware.params import ELEMENTWISE_KERNELS, HardwareParams
 from .kernels.collectives import collective_time
 from .kernels.roofline import op_time
 from .models.operators import ATTENTION, COLLECTIVE, ELEMENTWISE, GEMM, OpSpec, op_specs, operator_costs
@@ -51,6 +53,8 @@ def iteration_cost(engine: EngineSpec, hw: HardwareParams, new, context, logits,
     cols = {k: [] for k in ("time", "compute", "memory", "network", "overhead", "flop", "bytes")}
     for op in ops:
         flop, nbytes = costs[op.name]
+        if op.kind == ATTENTION:
+            flop = flop + (1.0 - hw.attention_causal_efficiency) * costs["_attention_masked_flop"][0]
         flop = jnp.broadcast_to(flop, active.shape).astype(dtype)
         nbytes = jnp.broadcast_to(nbytes, active.shape).astype(flop.dtype)
         zero = jnp.zeros_like(flop)
@@ -60,22 +64,35 @@ def iteration_cost(engine: EngineSpec, hw: HardwareParams, new, context, logits,
             tc, tm, tn, to = zero, zero, t, zero
         else:
             # Size-dependent efficiency is a property of tiled matrix kernels; elementwise kernels run
-            # on the vector units, are memory-bound and stream less efficiently than GEMM weight reads
-            # (measured: Vidur profiles), so they get the vector peak, no half size, their own efficiency.
-            peak, eff, half, mem_eff = {
-                GEMM: (peak_gemm, hw.compute_efficiency, hw.compute_half_flop, hw.memory_efficiency),
-                ATTENTION: (peak_gemm, hw.attention_efficiency, hw.compute_half_flop, hw.memory_efficiency),
-                ELEMENTWISE: (peak_vector, hw.compute_efficiency, 0.0, hw.elementwise_efficiency)}[op.kind]
+            # on the vector units, are memory-bound and stream at a share of bandwidth that depends on
+            # the kernel (measured: Vidur profiles), so they get the vector peak, no half size and
+            # their kernel class's efficiency.
+            if op.kind == ELEMENTWISE:
+                peak, eff, half = peak_vector, hw.compute_efficiency, 0.0
+                mem_eff = hw.elementwise_efficiency[ELEMENTWISE_KERNELS.index(op.kernel)]
+            else:
+                peak, eff, half, mem_eff = peak_gemm, {GEMM: hw.compute_efficiency, ATTENTION: hw.attention_efficiency}[
+                    op.kind], hw.compute_half_flop, hw.memory_efficiency
             t, tc, tm = op_time(flop, nbytes, hw, peak, eff, half, mem_eff, engine.roofline)
             tn, to = zero, jnp.where((flop > 0) | (nbytes > 0), hw.kernel_overhead_s, 0.0)
         for key, value in zip(cols, (t, tc, tm, tn, to, flop, nbytes)):
             cols[key].append(op.count * value)
     stacked = {k: jnp.stack(v, axis=-1) for k, v in cols.items()}
-    host = jnp.where(active > 0, hw.host_overhead_s + hw.host_overhead_per_seq_s * active, 0.0)
+    sampled = costs["_sampled_sequences"][0].astype(dtype)
+    host = host_time(hw, active, sampled, engine.model.vocab, engine.parallel.devices)
     return IterationCost(time=stacked["time"].sum(-1) + host, host=host, op_time=stacked["time"],
                          op_compute=stacked["compute"], op_memory=stacked["memory"],
                          op_network=stacked["network"], op_overhead=stacked["overhead"],
                          op_flop=stacked["flop"], op_bytes=stacked["bytes"])
+
+
+def host_time(hw: HardwareParams, active, sampled, vocab: int, devices: int):
+    """Host seconds of one iteration with ``active`` sequences of which ``sampled`` sample a token
+    (0 when nothing runs). The sampler term scales with the vocabulary: measured (Vidur, A100) it
+    grows from ~0.55 ms at 32K entries to ~1 ms at 152K for 8 sequences."""
+    multiworker = hw.host_overhead_multiworker_s if devices > 1 else 0.0
+    sampler = vocab * (hw.host_overhead_per_vocab_s + hw.host_overhead_per_logit_s * sampled)
+    return jnp.where(active > 0, hw.host_overhead_s + hw.host_overhead_per_seq_s * active + multiworker + sampler, 0.0)
 
 
 def iteration_time(engine: EngineSpec, hw: HardwareParams, new, context, logits=None):

@@ -40,8 +40,11 @@ POSITIVE = {
 # prior, not a fact; estimates made with it say "uncalibrated".
 GENERIC_PRIOR = {
     "compute_efficiency": 0.65, "compute_half_flop": 2e9, "attention_efficiency": 0.35,
+    "attention_causal_efficiency": 1.0,
     "memory_efficiency": 0.8, "memory_half_bytes": 2e6, "elementwise_efficiency": 0.5, "kernel_overhead_s": 4e-6,
-    "host_overhead_s": 2e-3, "host_overhead_per_seq_s": 5e-5,
+    "collective_overhead_s": 1e-5,
+    "host_overhead_s": 2e-3, "host_overhead_per_seq_s": 5e-5, "host_overhead_multiworker_s": 4e-4,
+    "host_overhead_per_vocab_s": 3e-9, "host_overhead_per_logit_s": 4e-11,
     "intra_link_efficiency": 0.6, "inter_link_efficiency": 0.8,
 }
 IDEAL = {**{n: 1.0 for n in EFFICIENCY_FIELDS}, **{n: 0.0 for n in OVERHEAD_FIELDS}}
@@ -147,8 +150,10 @@ def _validate(kind: str, name: str, entry: dict, path: Path) -> None:
         for key, value in entry.get("efficiency", {}).items():
             if key not in GENERIC_PRIOR:
                 raise ConfigError(f"{path} [{name}.efficiency] {key}: unknown; known: {', '.join(GENERIC_PRIOR)}")
-            if _number(value, path, kind, name, f"efficiency.{key}") < 0:
-                raise ConfigError(f"{path} [{name}.efficiency] {key} must be >= 0, got {value}")
+            # Vector fields (elementwise_efficiency) take one number for all entries or a list.
+            for item in value if isinstance(value, list) else [value]:
+                if _number(item, path, kind, name, f"efficiency.{key}") < 0:
+                    raise ConfigError(f"{path} [{name}.efficiency] {key} must be >= 0, got {value}")
     else:
         for key in REQUIRED[kind]:
             if _number(entry[key], path, kind, name, key) < 0:

@@ -25,6 +25,11 @@ DTYPES = ("fp32", "bf16", "fp8", "int8", "fp4")
 TIERS = ("host_dram", "cxl", "local_ssd", "remote_store")
 """Memory tiers a node can see besides HBM, in order of the tier arrays."""
 
+ELEMENTWISE_KERNELS = ("norm", "rope", "activation", "residual_add", "embedding")
+"""Memory-bound kernel classes with their own streaming efficiency (order of elementwise_efficiency).
+Measured on one A100 (Vidur profiles) they reach very different shares of HBM bandwidth: a residual
+add ~90%, the activation ~50%, rotary ~40%, RMSNorm ~33%, the embedding gather ~15%."""
+
 # name: (shape, unit, meaning). This table is the documentation of every parameter; all are
 # differentiable. Shapes () are scalars; (5,) follow DTYPES; (4,) follow TIERS.
 FIELDS: dict[str, tuple[tuple[int, ...], str, str]] = {
@@ -36,16 +41,23 @@ FIELDS: dict[str, tuple[tuple[int, ...], str, str]] = {
     "compute_efficiency": ((), "1", "share of peak reached by large GEMMs"),
     "compute_half_flop": ((), "FLOP", "per-device op size at which GEMM efficiency is half its maximum"),
     "attention_efficiency": ((), "1", "share of peak reached by attention kernels"),
+    "attention_causal_efficiency": ((), "1", "share of the causally masked attention work a kernel skips "
+                                    "(1: FlashAttention-2 style tile skipping; 0: computes the full rectangle)"),
     "memory_efficiency": ((), "1", "share of HBM bandwidth reached by large streams"),
     "memory_half_bytes": ((), "B", "per-device op traffic at which bandwidth efficiency is halved"),
-    "elementwise_efficiency": ((), "1", "share of HBM bandwidth reached by unfused elementwise kernels "
-                               "(norms, rope, activation, residual add, embedding gather)"),
+    "elementwise_efficiency": ((len(ELEMENTWISE_KERNELS),), "1", "share of HBM bandwidth reached by each "
+                               "memory-bound kernel class (ELEMENTWISE_KERNELS order)"),
     "kernel_overhead_s": ((), "s", "fixed time per kernel (launch and tail)"),
     "host_overhead_s": ((), "s", "per-iteration host time: scheduler, input preparation, sampler"),
     "host_overhead_per_seq_s": ((), "s", "extra host time per sequence in the batch per iteration"),
+    "host_overhead_multiworker_s": ((), "s", "extra host time per iteration when the engine spans more than "
+                                    "one device (inputs broadcast to the workers)"),
+    "host_overhead_per_vocab_s": ((), "s", "sampler time per vocabulary entry per iteration"),
+    "host_overhead_per_logit_s": ((), "s", "sampler time per vocabulary entry per sampled sequence"),
     # links (per device, one direction)
     "intra_link_bandwidth": ((), "B/s", "intra-node link bandwidth per device per direction"),
     "intra_link_latency": ((), "s", "intra-node per-message latency (alpha)"),
+    "collective_overhead_s": ((), "s", "fixed time per collective call (launch and synchronisation)"),
     "intra_link_efficiency": ((), "1", "share of intra-node link bandwidth reached by collectives"),
     "inter_link_bandwidth": ((), "B/s", "inter-node bandwidth per device per direction"),
     "inter_link_latency": ((), "s", "inter-node per-message latency (alpha)"),
@@ -64,10 +76,11 @@ FIELDS: dict[str, tuple[tuple[int, ...], str, str]] = {
     "price_per_hour": ((), "$/h", "rental price per device-hour"),
 }
 
-EFFICIENCY_FIELDS = ("compute_efficiency", "attention_efficiency", "memory_efficiency", "elementwise_efficiency",
-                     "intra_link_efficiency", "inter_link_efficiency")
-OVERHEAD_FIELDS = ("compute_half_flop", "memory_half_bytes", "kernel_overhead_s",
-                   "host_overhead_s", "host_overhead_per_seq_s")
+EFFICIENCY_FIELDS = ("compute_efficiency", "attention_efficiency", "attention_causal_efficiency", "memory_efficiency",
+                     "elementwise_efficiency", "intra_link_efficiency", "inter_link_efficiency")
+OVERHEAD_FIELDS = ("compute_half_flop", "memory_half_bytes", "kernel_overhead_s", "collective_overhead_s",
+                   "host_overhead_s", "host_overhead_per_seq_s", "host_overhead_multiworker_s",
+                   "host_overhead_per_vocab_s", "host_overhead_per_logit_s")
 
 
 @jax.tree_util.register_pytree_node_class
@@ -96,13 +109,16 @@ class HardwareParams:
 
     @classmethod
     def from_natural(cls, values: Mapping[str, object], dtype=None) -> "HardwareParams":
-        """Build from natural SI values; every FIELDS name is required and must be >= 0."""
+        """Build from natural SI values; every FIELDS name is required and must be >= 0. A scalar
+        given for a vector field applies to every entry."""
         missing = [n for n in FIELDS if n not in values]
         if missing:
             raise ConfigError(f"hardware parameters missing: {', '.join(missing)}")
         logs = {}
         for name, (shape, unit, _) in FIELDS.items():
             value = np.asarray(values[name], dtype=np.float64)
+            if value.shape == () and shape != ():
+                value = np.broadcast_to(value, shape)
             if value.shape != shape:
                 raise ConfigError(f"hardware parameter {name}: expected shape {shape}, got {value.shape}")
             if not np.all(np.isfinite(value)) or np.any(value < 0):

@@ -7,6 +7,8 @@ Link parameters: alpha = per-step latency (s), beta = effective bandwidth per de
 - all-to-all:       (p-1) (alpha + n / (p beta))
 - send/recv:        alpha + n / beta
 A group larger than a node runs at the inter-node link's parameters (the slowest hop bounds it).
+Every call adds ``collective_overhead_s`` (kernel launch and the synchronisation of the group), which
+sets the ~20-60 us floor NCCL shows for small messages.
 """
 
 from __future__ import annotations
@@ -62,4 +64,4 @@ def collective_time(kind: str, nbytes, p: int, hw: HardwareParams, devices_per_n
         t = sendrecv_time(nbytes, alpha, beta)
     else:
         raise ValueError(f"unknown collective {kind!r}")
-    return jnp.where(nbytes > 0, t, 0.0)
+    return jnp.where(nbytes > 0, t + hw.collective_overhead_s, 0.0)

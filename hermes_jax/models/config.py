@@ -25,6 +25,7 @@ COMPUTE_DTYPE = {"fp32": "fp32", "bf16": "bf16", "fp16": "bf16", "fp8": "fp8", "
 
 _GATED_TYPES = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "deepseek_v2",
                 "deepseek_v3", "gemma", "gemma2", "gemma3", "phi3", "olmo", "olmo2", "granite", "cohere"}
+_PARALLEL_BLOCK_TYPES = {"phi", "gptj", "cohere", "gpt_neox"}
 _ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra",
                   "nomic_bert", "modernbert"}
 _ALIASES = {"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads",
@@ -48,6 +49,7 @@ class ModelConfig:
     encoder: bool = False         # bidirectional encoder: no KV cache, no decode, no LM head
     sliding_window: int = 0       # tokens of context each layer attends to; 0 = full
     tie_embeddings: bool = False
+    parallel_block: bool = False  # attention and MLP read one norm's output; one 3-way residual add per layer
     # Mixture of experts (0 experts = dense)
     experts: int = 0
     top_k: int = 0
@@ -178,6 +180,7 @@ def from_hf_dict(cfg: dict, name: str, source: str = "<config>") -> ModelConfig:
         vocab=vocab, max_context=_int(cfg, "max_position_embeddings", source, 4096),
         gated_mlp=bool(gated), encoder=model_type in _ENCODER_TYPES,
         sliding_window=int(window or 0), tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        parallel_block=bool(cfg.get("parallel_attn", cfg.get("use_parallel_residual", model_type in _PARALLEL_BLOCK_TYPES))),
         experts=experts, top_k=top_k if experts else 0,
         expert_ffn=_int(cfg, "moe_intermediate_size", source, ffn) if experts else 0,
         shared_experts=_int(cfg, "n_shared_experts", source, 0) if experts else 0,

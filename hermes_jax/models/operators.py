@@ -51,26 +51,27 @@ class OpSpec:
     count: int
     collective: str = ""       # allreduce | sendrecv | alltoall, for COLLECTIVE ops
     group_size: int = 1        # devices taking part in the collective
+    kernel: str = ""           # ELEMENTWISE_KERNELS class, for ELEMENTWISE ops
 
 
 def op_specs(model: ModelConfig, par: Parallelism) -> tuple[OpSpec, ...]:
     """The static operator list of one iteration (ops that run 0 times are left out)."""
     L, dense, moe = model.layers, model.dense_layers, model.moe_layers
     ops = [
-        OpSpec("embedding", "embedding", ELEMENTWISE, 1),
-        OpSpec("input_norm", "norms", ELEMENTWISE, L),
+        OpSpec("embedding", "embedding", ELEMENTWISE, 1, kernel="embedding"),
+        OpSpec("input_norm", "norms", ELEMENTWISE, L, kernel="norm"),
         OpSpec("qkv_proj", "projections", GEMM, L),
-        OpSpec("rope", "norms", ELEMENTWISE, 0 if model.encoder else L),
+        OpSpec("rope", "norms", ELEMENTWISE, 0 if model.encoder else L, kernel="rope"),
         OpSpec("attention", "attention", ATTENTION, L),
         OpSpec("out_proj", "projections", GEMM, L),
-        OpSpec("post_norm", "norms", ELEMENTWISE, L),
+        OpSpec("post_norm", "norms", ELEMENTWISE, 0 if model.parallel_block else L, kernel="norm"),
         OpSpec("mlp_up", "mlp", GEMM, dense),
-        OpSpec("mlp_act", "mlp", ELEMENTWISE, dense),
+        OpSpec("mlp_act", "mlp", ELEMENTWISE, dense, kernel="activation"),
         OpSpec("mlp_down", "mlp", GEMM, dense),
         OpSpec("moe_router", "moe", GEMM, moe),
         OpSpec("moe_experts", "moe", GEMM, moe),
-        OpSpec("residual_add", "norms", ELEMENTWISE, 2 * L),
-        OpSpec("final_norm", "norms", ELEMENTWISE, 0 if model.encoder else 1),
+        OpSpec("residual_add", "norms", ELEMENTWISE, (1 if model.parallel_block else 2) * L, kernel="residual_add"),
+        OpSpec("final_norm", "norms", ELEMENTWISE, 0 if model.encoder else 1, kernel="norm"),
         OpSpec("lm_head", "lm_head", GEMM, 0 if model.encoder else 1),
         OpSpec("tp_allreduce", "communication", COLLECTIVE, 2 * L if par.tp > 1 else 0, "allreduce", par.tp),
         OpSpec("pp_sendrecv", "communication", COLLECTIVE, par.pp - 1, "sendrecv", 2),
@@ -119,7 +120,9 @@ def operator_costs(model: ModelConfig, par: Parallelism, weight_dtype: str, kv_d
     costs["embedding"] = (0.0 * T, T * d * (wb + ab))
     norm = (4.0 * T * d, 2.0 * T * d * ab + d * wb)
     costs["input_norm"] = costs["post_norm"] = costs["final_norm"] = norm
-    costs["residual_add"] = (1.0 * T * d, 3.0 * T * d * ab)
+    # x + f(x) reads two tensors and writes one; a parallel block adds attention and MLP outputs at once.
+    costs["residual_add"] = ((2.0 if model.parallel_block else 1.0) * T * d,
+                             (4.0 if model.parallel_block else 3.0) * T * d * ab)
 
     if model.is_mla:
         qk, vd = model.qk_nope_dim + model.qk_rope_dim, model.v_head_dim
@@ -140,6 +143,10 @@ def operator_costs(model: ModelConfig, par: Parallelism, weight_dtype: str, kv_d
     kv_read = (copies * xp.where(new > 0, kv_read, 0)).sum(-1)
     kv_traffic = 0.0 if model.encoder else (kv_read + T) * kv_elems * kvb  # read context, write new
     costs["attention"] = (attn_flop_per_pair * pairs, kv_traffic + T * q_o_width * ab)
+    # Causal masking leaves new (new - 1) / 2 pairs per sequence unneeded; a kernel that does not skip
+    # masked tiles still computes them (scaled by hardware attention_causal_efficiency in iteration).
+    masked = 0.0 * pairs if (model.encoder or model.sliding_window) else (copies * new * xp.maximum(new - 1, 0) / 2).sum(-1)
+    costs["_attention_masked_flop"] = (attn_flop_per_pair * masked, 0.0 * masked)
     gemm("out_proj", T, out_in, d)
 
     f = model.ffn / tp
@@ -164,6 +171,7 @@ def operator_costs(model: ModelConfig, par: Parallelism, weight_dtype: str, kv_d
     costs["tp_allreduce"] = (0.0 * T, T * d * ab)
     costs["pp_sendrecv"] = (0.0 * T, T * d * ab)
     costs["_active_sequences"] = (S, S)
+    costs["_sampled_sequences"] = (Lg, Lg)
     return costs
 
 
