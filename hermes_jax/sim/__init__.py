@@ -1,0 +1,7 @@
+"""Serving simulation: scenarios, workloads, the time-stepped JAX simulator and its exact reference."""
+
+from .scenario import Scenario, load_scenario, parse_scenario
+from .simulate import Results, simulate
+from .workload import Workload, build_workload
+
+__all__ = ["Scenario", "load_scenario", "parse_scenario", "Results", "simulate", "Workload", "build_workload"]

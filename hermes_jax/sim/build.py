@@ -1,0 +1,103 @@
+"""From a Scenario to what the simulators need: static group configs, hardware, KV capacity and
+device-side request arrays (with too-long requests rejected up front and reported)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+import numpy as np
+
+from ..engine import EngineSpec
+from ..errors import ConfigError
+from ..hardware.catalog import get_hardware
+from ..hardware.params import HardwareParams, stack
+from ..iteration import iteration_cost
+from ..models.config import get_model
+from ..models.operators import Parallelism, kv_bytes_per_token_per_device, weight_bytes_per_device
+from .engine import GroupConfig
+from .scenario import Engine, Scenario
+from .schedulers import SCHEDULERS
+from .state import Requests
+from .workload import Workload
+
+REJECT_REASONS = ("", "longer than the model context", "larger than the KV cache", "longer than max_batch_tokens",
+                  "queue full")
+
+
+@dataclass(frozen=True)
+class EngineGroup:
+    """Everything static about one [[engine]] entry, plus its parameters."""
+
+    engine: Engine
+    spec: EngineSpec
+    params: HardwareParams         # one replica's parameters
+    kv_blocks: int                 # per replica
+
+    def replica_params(self) -> HardwareParams:
+        return stack([self.params] * self.engine.replicas)
+
+
+def kv_capacity_blocks(spec: EngineSpec, params: HardwareParams, entry: Engine) -> int:
+    """KV blocks per replica: the usable share of device memory minus weights and the activation
+    reserve, divided by the KV bytes of one block (per device, since KV is sharded like the heads)."""
+    capacity = float(np.exp(np.asarray(params.log["hbm_capacity"])))
+    weights = weight_bytes_per_device(spec.model, spec.parallel, spec.weight_dtype)
+    free = capacity * entry.kv_fraction - weights - entry.activation_reserve_gb * 1e9
+    per_block = kv_bytes_per_token_per_device(spec.model, spec.parallel, spec.kv_dtype) * entry.block_size
+    if free <= per_block:
+        raise ConfigError(f"engine {entry.name!r}: {spec.model.name} on {entry.hardware} (tp={entry.tp}, pp={entry.pp}) "
+                          f"leaves no room for a KV cache: {capacity * entry.kv_fraction / 1e9:.1f} GB usable, weights "
+                          f"{weights / 1e9:.1f} GB, reserve {entry.activation_reserve_gb:.1f} GB per device; missing "
+                          f"{(per_block - free) / 1e9:.2f} GB. Raise tp/pp, kv_fraction, or use a smaller dtype.")
+    return int(free // per_block)
+
+
+def build_group(entry: Engine) -> EngineGroup:
+    try:
+        hw = get_hardware(entry.hardware, **entry.hardware_overrides)
+        spec = EngineSpec(get_model(entry.model), hw.spec, Parallelism(tp=entry.tp, pp=entry.pp),
+                          weight_dtype=entry.dtype, kv_dtype=entry.kv_dtype)
+    except ConfigError as exc:
+        raise ConfigError(f"[[engine]] {entry.name!r}: {exc}") from None
+    return EngineGroup(entry, spec, hw.params, kv_capacity_blocks(spec, hw.params, entry))
+
+
+def iterations_per_step(group: EngineGroup, dt: float, cap: int = 0) -> int:
+    """Enough iterations for the fastest possible iteration (batch-1 decode) to fill a step."""
+    if cap:
+        return cap
+    one = jnp.ones((1,))
+    fastest = float(iteration_cost(group.spec, group.params, one, one, one).time)
+    return int(min(max(math.ceil(dt / fastest) + 1, 2), 256))
+
+
+def reject_reasons(group: EngineGroup, workload: Workload, mask: np.ndarray) -> np.ndarray:
+    """Index into REJECT_REASONS per request (0 = admissible)."""
+    e = group.engine
+    total = workload.input_tokens + workload.output_tokens
+    reason = np.zeros(len(workload), np.int64)
+    if e.scheduler != "chunked":
+        reason[total > e.max_batch_tokens] = 3
+    reason[-(-total // e.block_size) > group.kv_blocks] = 2
+    reason[total > group.spec.model.max_context] = 1
+    return np.where(mask, reason, 0)
+
+
+def group_config(group: EngineGroup, scenario: Scenario, arrivals_per_step: int) -> GroupConfig:
+    e, sim = group.engine, scenario.simulation
+    return GroupConfig(spec=group.spec, replicas=e.replicas, slots=e.max_batch_size, queue=0, admit=0,
+                       block_size=e.block_size, max_batch_tokens=e.max_batch_tokens, scheduler=SCHEDULERS[e.scheduler],
+                       router=e.router, dt=sim.dt_s, iterations=iterations_per_step(group, sim.dt_s, sim.iterations_per_step),
+                       arrivals=arrivals_per_step)
+
+
+def device_requests(arrival_s: np.ndarray, input_tokens, output_tokens, admissible, dt: float, horizon: float):
+    """Requests as device arrays plus the per-step index of the first arrival (S + 1 entries)."""
+    steps = int(math.ceil(horizon / dt))
+    step = np.floor(arrival_s / dt).astype(np.int64)
+    first = np.searchsorted(step, np.arange(steps + 1), side="left").astype(np.int32)
+    return Requests(arrival_step=jnp.asarray(step, jnp.int32), arrival_off=jnp.asarray(arrival_s - step * dt, jnp.float32),
+                    input_tokens=jnp.asarray(input_tokens, jnp.int32), output_tokens=jnp.asarray(output_tokens, jnp.int32),
+                    admissible=jnp.asarray(admissible), step_first=jnp.asarray(first)), steps

@@ -1,0 +1,314 @@
+"""Scenario description: simulation settings, engines and clients, from TOML or Python objects.
+
+The same frozen dataclasses are built by ``load_scenario(path)`` and by hand; both run the checks
+in ``__post_init__`` so a bad value fails when the scenario is built, with the file, line, field
+and allowed values in the message. ``override`` applies ``--set key=value`` edits, addressing
+arrays of tables by name: ``client.chat.arrival.rate_per_s=8``, ``engine.e0.replicas=2``,
+``simulation.dt_s=0.01``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..tomlio import load_toml
+
+SCHEDULERS = ("static", "continuous", "chunked")
+ROUTERS = ("round_robin", "least_outstanding", "least_kv")
+PREEMPTION = ("recompute", "swap")
+ARRIVALS = ("poisson", "gamma", "deterministic")
+LENGTHS = ("fixed", "uniform", "lognormal", "empirical")
+TRACE_FORMATS = ("azure", "mooncake", "csv")
+
+
+class _Where:
+    """Error context: the file and the line of each array-of-tables entry's fields."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.lines = path.read_text().splitlines() if path else []
+
+    def line(self, table: str, index: int, key: str) -> int | None:
+        """Line of ``key`` inside the ``index``-th ``[[table]]`` (or ``[table]``) block."""
+        header = re.compile(r"^\s*\[\[?\s*" + re.escape(table) + r"\s*\]\]?\s*$")
+        starts = [i for i, text in enumerate(self.lines) if header.match(text)]
+        if index >= len(starts):
+            return None
+        first = key.split(".")[0]
+        pattern = re.compile(r"^\s*" + re.escape(first) + r"\s*=")
+        for i in range(starts[index] + 1, len(self.lines)):
+            if self.lines[i].lstrip().startswith("["):
+                break
+            if pattern.match(self.lines[i]):
+                return i + 1
+        return starts[index] + 1
+
+    def error(self, table: str, index: int, name: str, key: str, message: str) -> ConfigError:
+        line = self.line(table, index, key) if self.path else None
+        place = f"{self.path}:{line}" if line else (str(self.path) if self.path else "<scenario>")
+        label = f"[[{table}]] {name!r}" if name else f"[{table}]"
+        return ConfigError(f"{place} {label} {key}: {message}")
+
+
+def _check_keys(where: _Where, table: str, index: int, name: str, data: dict, allowed: set, prefix: str = ""):
+    for key in data:
+        if key not in allowed:
+            raise where.error(table, index, name, prefix + key, f"unknown field; allowed: {', '.join(sorted(allowed))}")
+
+
+def _positive(where, table, index, name, data, key, default=None, integer=False, allow_zero=False):
+    value = data.get(key.split(".")[-1], default)
+    if value is None:
+        raise where.error(table, index, name, key, "required")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise where.error(table, index, name, key, f"must be a number, got {value!r}")
+    if integer and int(value) != value:
+        raise where.error(table, index, name, key, f"must be an integer, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise where.error(table, index, name, key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _choice(where, table, index, name, data, key, allowed, default=None):
+    value = data.get(key.split(".")[-1], default)
+    if value not in allowed:
+        raise where.error(table, index, name, key, f"{value!r} is not allowed; allowed: {', '.join(allowed)}")
+    return value
+
+
+@dataclass(frozen=True)
+class Simulation:
+    dt_s: float = 0.005          # s, scheduler step (routing cadence; iterations keep continuous times)
+    horizon_s: float = 3600.0    # s, stop; requests still in the system are reported unfinished
+    seed: int = 0
+    iterations_per_step: int = 0  # cap on engine iterations inside one step; 0 = derive from dt
+
+    @staticmethod
+    def parse(data: dict, where: _Where) -> "Simulation":
+        _check_keys(where, "simulation", 0, "", data, {"dt_s", "horizon_s", "seed", "iterations_per_step"})
+        return Simulation(dt_s=_positive(where, "simulation", 0, "", data, "dt_s", 0.005),
+                          horizon_s=_positive(where, "simulation", 0, "", data, "horizon_s", 3600.0),
+                          seed=_positive(where, "simulation", 0, "", data, "seed", 0, integer=True, allow_zero=True),
+                          iterations_per_step=_positive(where, "simulation", 0, "", data, "iterations_per_step", 0,
+                                                        integer=True, allow_zero=True))
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    model: str
+    hardware: str
+    dtype: str = "bf16"
+    kv_dtype: str = ""
+    tp: int = 1
+    pp: int = 1
+    replicas: int = 1
+    scheduler: str = "continuous"
+    max_batch_size: int = 256
+    max_batch_tokens: int = 8192
+    block_size: int = 16           # tokens per KV block
+    kv_fraction: float = 0.9       # share of device memory the engine may use (vLLM gpu_memory_utilization)
+    activation_reserve_gb: float = 2.0  # GB per device kept for activations and buffers
+    preemption: str = "recompute"
+    router: str = "round_robin"
+    hardware_overrides: dict = field(default_factory=dict)
+
+    FIELDS = ("name", "model", "hardware", "dtype", "kv_dtype", "tp", "pp", "replicas", "scheduler", "max_batch_size",
+              "max_batch_tokens", "block_size", "kv_fraction", "activation_reserve_gb", "preemption", "router",
+              "hardware_overrides")
+
+    @staticmethod
+    def parse(data: dict, index: int, where: _Where) -> "Engine":
+        name = data.get("name", "")
+        if not isinstance(name, str) or not name:
+            raise where.error("engine", index, "", "name", "required (a non-empty string)")
+        _check_keys(where, "engine", index, name, data, set(Engine.FIELDS))
+        for key in ("model", "hardware"):
+            if not isinstance(data.get(key), str):
+                raise where.error("engine", index, name, key, "required (a catalog name)")
+        ints = {k: _positive(where, "engine", index, name, data, k, getattr(Engine, k), integer=True)
+                for k in ("tp", "pp", "replicas", "max_batch_size", "max_batch_tokens", "block_size")}
+        fraction = _positive(where, "engine", index, name, data, "kv_fraction", 0.9)
+        if fraction > 1:
+            raise where.error("engine", index, name, "kv_fraction", f"must be in (0, 1], got {fraction}")
+        return Engine(name=name, model=data["model"], hardware=data["hardware"], dtype=data.get("dtype", "bf16"),
+                      kv_dtype=data.get("kv_dtype", ""), **ints, kv_fraction=fraction,
+                      activation_reserve_gb=_positive(where, "engine", index, name, data, "activation_reserve_gb", 2.0,
+                                                      allow_zero=True),
+                      scheduler=_choice(where, "engine", index, name, data, "scheduler", SCHEDULERS, "continuous"),
+                      preemption=_choice(where, "engine", index, name, data, "preemption", PREEMPTION, "recompute"),
+                      router=_choice(where, "engine", index, name, data, "router", ROUTERS, "round_robin"),
+                      hardware_overrides=dict(data.get("hardware_overrides", {})))
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A token-length distribution: fixed | uniform | lognormal | empirical."""
+
+    dist: str
+    value: float = 0.0
+    low: float = 0.0
+    high: float = 0.0
+    median: float = 0.0
+    sigma: float = 0.0
+    path: str = ""
+
+    @staticmethod
+    def parse(data: Any, where: _Where, index: int, name: str, key: str, base: Path | None) -> "Distribution":
+        if not isinstance(data, dict):
+            raise where.error("client", index, name, key, "expected a table like { dist = \"fixed\", value = 512 }")
+        kind = _choice(where, "client", index, name, data, f"{key}.dist", LENGTHS)
+        allowed = {"fixed": {"value"}, "uniform": {"low", "high"}, "lognormal": {"median", "sigma"},
+                   "empirical": {"path"}}[kind]
+        _check_keys(where, "client", index, name, data, allowed | {"dist"}, prefix=key + ".")
+        if kind == "empirical":
+            path = data.get("path")
+            if not isinstance(path, str):
+                raise where.error("client", index, name, f"{key}.path", "required (a file of one length per line)")
+            resolved = Path(path) if Path(path).is_absolute() or base is None else base / path
+            return Distribution(kind, path=str(resolved))
+        values = {k: _positive(where, "client", index, name, data, f"{key}.{k}") for k in allowed}
+        if kind == "uniform" and values["low"] > values["high"]:
+            raise where.error("client", index, name, f"{key}.low", f"must be <= high ({values['high']})")
+        return Distribution(kind, **values)
+
+
+@dataclass(frozen=True)
+class Client:
+    name: str
+    engine: str
+    arrival: dict = field(default_factory=lambda: {"process": "poisson", "rate_per_s": 1.0})
+    input_tokens: Distribution | None = None
+    output_tokens: Distribution | None = None
+    slo_ttft_s: float = math.inf
+    slo_tpot_s: float = math.inf
+    priority: int = 0
+    trace: dict = field(default_factory=dict)   # {path, format, rate_scale, start_s, end_s}
+
+    @staticmethod
+    def parse(data: dict, index: int, where: _Where, base: Path | None) -> "Client":
+        name = data.get("name", "")
+        if not isinstance(name, str) or not name:
+            raise where.error("client", index, "", "name", "required (a non-empty string)")
+        _check_keys(where, "client", index, name, data,
+                    {"name", "engine", "arrival", "input_tokens", "output_tokens", "slo", "priority", "trace"})
+        if not isinstance(data.get("engine"), str):
+            raise where.error("client", index, name, "engine", "required (the name of an [[engine]])")
+        slo = data.get("slo", {})
+        _check_keys(where, "client", index, name, slo, {"ttft_s", "tpot_s"}, prefix="slo.")
+        common = dict(name=name, engine=data["engine"],
+                      slo_ttft_s=_positive(where, "client", index, name, slo, "slo.ttft_s", math.inf),
+                      slo_tpot_s=_positive(where, "client", index, name, slo, "slo.tpot_s", math.inf),
+                      priority=_positive(where, "client", index, name, data, "priority", 0, integer=True, allow_zero=True))
+        if "trace" in data:
+            trace = data["trace"]
+            _check_keys(where, "client", index, name, trace, {"path", "format", "rate_scale", "start_s", "end_s"}, "trace.")
+            if not isinstance(trace.get("path"), str):
+                raise where.error("client", index, name, "trace.path", "required")
+            _choice(where, "client", index, name, trace, "trace.format", TRACE_FORMATS)
+            path = Path(trace["path"])
+            trace = dict(trace, path=str(path if path.is_absolute() or base is None else base / path))
+            for key in ("rate_scale", "start_s", "end_s"):
+                if key in trace:
+                    _positive(where, "client", index, name, trace, f"trace.{key}", allow_zero=key != "rate_scale")
+            return Client(**common, trace=trace)
+        arrival = data.get("arrival")
+        if not isinstance(arrival, dict):
+            raise where.error("client", index, name, "arrival", "required: { process = \"poisson\", rate_per_s = 5 } "
+                              "(or give trace = { path, format })")
+        process = _choice(where, "client", index, name, arrival, "arrival.process", ARRIVALS)
+        allowed = {"process", "rate_per_s"} | ({"cv"} if process == "gamma" else set())
+        _check_keys(where, "client", index, name, arrival, allowed, prefix="arrival.")
+        _positive(where, "client", index, name, arrival, "arrival.rate_per_s")
+        if process == "gamma":
+            _positive(where, "client", index, name, arrival, "arrival.cv")
+        lengths = {k: Distribution.parse(data.get(k), where, index, name, k, base) for k in ("input_tokens", "output_tokens")}
+        return Client(**common, arrival=dict(arrival), **lengths)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    simulation: Simulation
+    engines: tuple[Engine, ...]
+    clients: tuple[Client, ...]
+    source: str = "<python>"
+
+    def __post_init__(self):
+        names = [e.name for e in self.engines]
+        if not names:
+            raise ConfigError(f"{self.source}: at least one [[engine]] is required")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{self.source}: engine names must be unique, got {names}")
+        if not self.clients:
+            raise ConfigError(f"{self.source}: at least one [[client]] is required")
+        cnames = [c.name for c in self.clients]
+        if len(set(cnames)) != len(cnames):
+            raise ConfigError(f"{self.source}: client names must be unique, got {cnames}")
+        for c in self.clients:
+            if c.engine not in names:
+                raise ConfigError(f"{self.source}: [[client]] {c.name!r} engine: unknown engine {c.engine!r}; "
+                                  f"defined: {', '.join(names)}")
+
+    def engine(self, name: str) -> Engine:
+        return next(e for e in self.engines if e.name == name)
+
+
+def parse_scenario(data: dict, path: Path | None = None) -> Scenario:
+    """Build a Scenario from a parsed TOML dict (``path`` for error messages and relative paths)."""
+    where = _Where(path)
+    unknown = set(data) - {"simulation", "engine", "client"}
+    if unknown:
+        raise ConfigError(f"{path or '<scenario>'}: unknown top-level table(s) {sorted(unknown)}; "
+                          "allowed: [simulation], [[engine]], [[client]]")
+    for key in ("engine", "client"):
+        if not isinstance(data.get(key, []), list):
+            raise ConfigError(f"{path or '<scenario>'}: {key} must be an array of tables ([[{key}]])")
+    base = path.parent if path else None
+    engines = tuple(Engine.parse(e, i, where) for i, e in enumerate(data.get("engine", [])))
+    clients = tuple(Client.parse(c, i, where, base) for i, c in enumerate(data.get("client", [])))
+    return Scenario(Simulation.parse(data.get("simulation", {}), where), engines, clients, str(path or "<python>"))
+
+
+def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
+    path = Path(path)
+    return parse_scenario(override(load_toml(path), overrides), path)
+
+
+def override(data: dict, assignments) -> dict:
+    """Apply ``key=value`` edits; the value is parsed as TOML (numbers, strings, tables) else kept as text."""
+    import tomllib
+
+    data = copy.deepcopy(data)
+    for item in assignments:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. client.chat.arrival.rate_per_s=8")
+        key, raw = item.split("=", 1)
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        parts = key.strip().split(".")
+        if parts[0] in ("engine", "client"):
+            if len(parts) < 3:
+                raise ConfigError(f"--set {item!r}: use {parts[0]}.NAME.field=value")
+            match = [t for t in data.get(parts[0], []) if t.get("name") == parts[1]]
+            if not match:
+                known = [t.get("name") for t in data.get(parts[0], [])]
+                raise ConfigError(f"--set {item!r}: no {parts[0]} named {parts[1]!r}; defined: {known}")
+            target, rest = match[0], parts[2:]
+        elif parts[0] == "simulation" and len(parts) == 2:
+            target, rest = data.setdefault("simulation", {}), parts[1:]
+        else:
+            raise ConfigError(f"--set {item!r}: key must start with simulation., engine.NAME. or client.NAME.")
+        for part in rest[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a table")
+        target[rest[-1]] = value
+    return data

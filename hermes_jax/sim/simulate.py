@@ -1,0 +1,134 @@
+"""Run a scenario with the time-stepped JAX simulator and collect its results.
+
+``simulate(scenario)`` builds the workload, runs every engine group's scan, and returns a
+``Results`` with a per-request DataFrame (every request appears: finished, unfinished at the
+horizon, or rejected with its reason), per-replica time series and a summary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jax
+import numpy as np
+import pandas as pd
+
+from . import engine as engine_sim
+from .build import REJECT_REASONS, EngineGroup, build_group, device_requests, group_config, reject_reasons
+from .metrics import summarize
+from .scenario import Scenario
+from .workload import Workload, build_workload
+
+
+@dataclass
+class Results:
+    requests: pd.DataFrame
+    timeseries: pd.DataFrame
+    summary: dict
+    extra: dict = field(default_factory=dict)
+
+
+def request_frame(workload: Workload, scenario: Scenario) -> pd.DataFrame:
+    """Columns every simulator fills; times in s from the start of the run."""
+    n = len(workload)
+    clients = scenario.clients
+    return pd.DataFrame({
+        "request": np.arange(n), "client": [workload.client_names[c] for c in workload.client],
+        "engine": [clients[c].engine for c in workload.client], "arrival_s": workload.arrival_s,
+        "input_tokens": workload.input_tokens, "output_tokens": workload.output_tokens,
+        "replica": -1, "admit_s": np.nan, "first_token_s": np.nan, "finish_s": np.nan, "generated": 0,
+        "preemptions": 0, "status": "unfinished", "reject_reason": "",
+        "slo_ttft_s": [clients[c].slo_ttft_s for c in workload.client],
+        "slo_tpot_s": [clients[c].slo_tpot_s for c in workload.client]})
+
+
+def derived_columns(df: pd.DataFrame) -> pd.DataFrame:
+    df["queueing_s"] = df.admit_s - df.arrival_s
+    df["ttft_s"] = df.first_token_s - df.arrival_s
+    df["e2e_s"] = df.finish_s - df.arrival_s
+    # Mean time per output token after the first (the mean inter-token latency of the request).
+    df["tpot_s"] = np.where(df.output_tokens > 1, (df.finish_s - df.first_token_s) / np.maximum(df.output_tokens - 1, 1), 0.0)
+    df.loc[df.status != "finished", "tpot_s"] = np.nan
+    df["meets_slo"] = (df.status == "finished") & (df.ttft_s <= df.slo_ttft_s) & (df.tpot_s <= df.slo_tpot_s)
+    return df
+
+
+def _group_rows(scenario, workload, entry_name):
+    names = [c.name for c in scenario.clients if c.engine == entry_name]
+    idx = [workload.client_names.index(n) for n in names]
+    return np.flatnonzero(np.isin(workload.client, idx))
+
+
+def prepare(group: EngineGroup, scenario: Scenario, workload: Workload, rows: np.ndarray):
+    """Static config and device inputs of one engine group; also the up-front reject reasons."""
+    sim = scenario.simulation
+    reasons = reject_reasons(group, workload, np.ones(len(workload), bool))[rows]
+    req, steps = device_requests(workload.arrival_s[rows], workload.input_tokens[rows], workload.output_tokens[rows],
+                                 reasons == 0, sim.dt_s, sim.horizon_s)
+    per_step = np.diff(np.asarray(req.step_first))
+    cfg = group_config(group, scenario, max(int(per_step.max(initial=0)), 1))
+    cfg = engine_sim.GroupConfig(**{**cfg.__dict__, "queue": max(len(rows), 1),
+                                    "admit": max(1, min(cfg.slots, 128))})
+    return cfg, req, reasons, steps
+
+
+def simulate(scenario: Scenario, workload: Workload | None = None, progress: bool = False) -> Results:
+    workload = workload or build_workload(scenario)
+    df = request_frame(workload, scenario)
+    series, extra = [], {"deferred_steps": {}, "iterations_per_step": {}, "kv_blocks": {}}
+    capability = {}
+    dt = scenario.simulation.dt_s
+    for entry in scenario.engines:
+        rows = _group_rows(scenario, workload, entry.name)
+        if rows.size == 0:
+            continue
+        group = build_group(entry)
+        cfg, req, reasons, steps = prepare(group, scenario, workload, rows)
+        kv = jax.numpy.full((entry.replicas,), group.kv_blocks, jax.numpy.int32)
+        state, trace = engine_sim.run(cfg, group.replica_params(), req, kv)
+        fill_records(df, rows, state, reasons, dt)
+        extra["deferred_steps"][entry.name] = int(state.deferred)
+        extra["iterations_per_step"][entry.name] = cfg.iterations
+        extra["kv_blocks"][entry.name] = group.kv_blocks
+        series.append(timeseries_frame(entry.name, trace, dt, group))
+        capability[entry.name] = (float(group.params.peak(group.spec.compute_dtype)), float(group.params.hbm_bandwidth))
+    df = derived_columns(df)
+    ts = pd.concat(series, ignore_index=True) if series else pd.DataFrame()
+    return Results(df, ts, summarize(df, ts, scenario, capability), extra)
+
+
+def fill_records(df: pd.DataFrame, rows: np.ndarray, state, reasons: np.ndarray, dt: float) -> None:
+    rec = jax.tree_util.tree_map(np.asarray, state.records)
+
+    def when(step, off):
+        return np.where(step >= 0, step.astype(np.float64) * dt + off.astype(np.float64), np.nan)
+
+    df.loc[rows, "replica"] = rec.replica
+    df.loc[rows, "admit_s"] = when(rec.admit_step, rec.admit_off)
+    df.loc[rows, "first_token_s"] = when(rec.first_step, rec.first_off)
+    df.loc[rows, "finish_s"] = when(rec.finish_step, rec.finish_off)
+    df.loc[rows, "preemptions"] = rec.preemptions
+    generated = rec.generated.copy()
+    slots = jax.tree_util.tree_map(np.asarray, state.slots)
+    live = slots.req >= 0
+    generated[slots.req[live]] = slots.generated[live]
+    finished = rec.finish_step >= 0
+    generated[finished] = df.output_tokens.to_numpy()[rows][finished]
+    df.loc[rows, "generated"] = generated
+    status = np.where(finished, "finished", "unfinished").astype(object)
+    rejected = rec.rejected | (reasons > 0)
+    status[rejected] = "rejected"
+    df.loc[rows, "status"] = status
+    reason = np.array(REJECT_REASONS, dtype=object)[reasons]
+    reason[rec.rejected & (reasons == 0)] = "queue full"
+    df.loc[rows, "reject_reason"] = reason
+
+
+def timeseries_frame(name: str, trace, dt: float, group: EngineGroup) -> pd.DataFrame:
+    t = jax.tree_util.tree_map(np.asarray, trace)
+    steps, replicas = t.batch.shape
+    time = np.repeat(np.arange(steps) * dt, replicas)
+    return pd.DataFrame({"engine": name, "replica": np.tile(np.arange(replicas), steps), "time_s": time,
+                         "batch": t.batch.reshape(-1), "kv_used": (t.kv_blocks / group.kv_blocks).reshape(-1),
+                         "busy": (t.busy_s / dt).reshape(-1), "queued": t.queued.reshape(-1),
+                         "flop": t.flop.reshape(-1), "bytes": t.bytes.reshape(-1)})

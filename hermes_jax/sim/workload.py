@@ -1,0 +1,203 @@
+"""Requests for a scenario: synthetic arrival processes and length distributions, or traces.
+
+Everything here is NumPy on the host; the simulator receives a ``Workload`` of arrival-sorted arrays.
+Arrival processes: Poisson, Gamma (inter-arrival coefficient of variation ``cv``; cv = 1 is Poisson,
+cv > 1 bursty) and deterministic. Lengths: fixed, uniform (integers, inclusive), lognormal (median,
+sigma of the log), empirical (a file of lengths, sampled with replacement). Trace readers keep
+every column they know (Mooncake ``hash_ids`` are kept for prefix reuse) and check every row:
+a bad value is reported with its file and line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigError
+from .scenario import Client, Distribution, Scenario
+
+
+@dataclass
+class Workload:
+    """Arrival-sorted requests. Arrays have shape (N,)."""
+
+    arrival_s: np.ndarray       # s since the start, float64, non-decreasing
+    input_tokens: np.ndarray    # tokens, int
+    output_tokens: np.ndarray   # tokens, int >= 1
+    client: np.ndarray          # index into client_names
+    client_names: tuple[str, ...]
+    hash_ids: list | None = None   # per request list of prefix-block hashes (Mooncake), else None
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.arrival_s)
+
+
+def arrivals(process: str, rate: float, horizon: float, rng: np.random.Generator, cv: float = 1.0) -> np.ndarray:
+    """Arrival times in [0, horizon) of a renewal process with mean rate ``rate`` per second."""
+    mean_gap = 1.0 / rate
+    expected = int(rate * horizon * 1.2 + 20 + 6 * np.sqrt(rate * horizon))
+    if process == "deterministic":
+        return np.arange(0.0, horizon, mean_gap)
+    times = np.empty(0)
+    start = 0.0
+    while start < horizon:
+        if process == "poisson":
+            gaps = rng.exponential(mean_gap, expected)
+        elif process == "gamma":
+            shape = 1.0 / cv**2
+            gaps = rng.gamma(shape, mean_gap / shape, expected)
+        else:
+            raise ConfigError(f"unknown arrival process {process!r}")
+        chunk = start + np.cumsum(gaps)
+        times = np.concatenate([times, chunk])
+        start = chunk[-1]
+    return times[times < horizon]
+
+
+def lengths(dist: Distribution, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` token counts (integers >= 1) drawn from ``dist``."""
+    if dist.dist == "fixed":
+        out = np.full(n, dist.value)
+    elif dist.dist == "uniform":
+        out = rng.integers(int(dist.low), int(dist.high) + 1, n)
+    elif dist.dist == "lognormal":
+        out = dist.median * np.exp(dist.sigma * rng.standard_normal(n))
+    else:
+        out = rng.choice(read_lengths(dist.path), n)
+    return np.maximum(np.rint(out), 1).astype(np.int64)
+
+
+def read_lengths(path: str) -> np.ndarray:
+    """One positive number per line (blank lines and # comments skipped)."""
+    values = []
+    try:
+        text = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read length file ({exc.strerror})") from None
+    for number, line in enumerate(text, start=1):
+        line = line.split("#")[0].strip()
+        if not line:
+            continue
+        try:
+            value = float(line)
+        except ValueError:
+            raise ConfigError(f"{path}:{number}: expected a number, got {line!r}") from None
+        if not np.isfinite(value) or value <= 0:
+            raise ConfigError(f"{path}:{number}: lengths must be positive, got {line!r}")
+        values.append(value)
+    if not values:
+        raise ConfigError(f"{path}: no lengths found")
+    return np.asarray(values)
+
+
+# ------------------------------------------------------------------------------------------ traces
+def _check_column(df: pd.DataFrame, column: str, path: str, header_lines: int = 1, integer: bool = True,
+                  allow_zero: bool = False) -> np.ndarray:
+    """Numeric, finite, non-negative column; the first bad row is reported with its file line."""
+    values = pd.to_numeric(df[column], errors="coerce").to_numpy(float)
+    bad = ~np.isfinite(values) | (values < 0) | ((values == 0) & (not allow_zero))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ConfigError(f"{path}:{row + 1 + header_lines}: column {column!r} must be a "
+                          f"{'non-negative' if allow_zero else 'positive'} number, got {df[column].iloc[row]!r}")
+    return values
+
+
+def _check_sorted(times: np.ndarray, path: str, header_lines: int = 1):
+    back = np.flatnonzero(np.diff(times) < 0)
+    if back.size:
+        row = int(back[0]) + 1
+        raise ConfigError(f"{path}:{row + 1 + header_lines}: timestamps must be non-decreasing "
+                          f"({times[row]:.6f} s after {times[row - 1]:.6f} s)")
+
+
+def _require(df: pd.DataFrame, columns: list[str], path: str):
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ConfigError(f"{path}:1: missing column(s) {missing}; found {list(df.columns)}")
+
+
+def read_trace(path: str, fmt: str) -> pd.DataFrame:
+    """A trace as a DataFrame with arrival_s (from 0), input_tokens, output_tokens (+ hash_ids, client)."""
+    if not Path(path).exists():
+        raise ConfigError(f"{path}: trace file not found")
+    if fmt == "azure":
+        df = pd.read_csv(path, dtype=str)
+        _require(df, ["TIMESTAMP", "ContextTokens", "GeneratedTokens"], path)
+        stamps = pd.to_datetime(df.TIMESTAMP, errors="coerce", format="mixed")
+        if stamps.isna().any():
+            row = int(np.flatnonzero(stamps.isna())[0])
+            raise ConfigError(f"{path}:{row + 2}: TIMESTAMP {df.TIMESTAMP.iloc[row]!r} is not a date-time")
+        seconds = (stamps - stamps.iloc[0]).dt.total_seconds().to_numpy()
+        out = pd.DataFrame({"arrival_s": seconds, "input_tokens": _check_column(df, "ContextTokens", path),
+                            "output_tokens": _check_column(df, "GeneratedTokens", path)})
+    elif fmt == "mooncake":
+        rows = []
+        with open(path) as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
+                for key in ("timestamp", "input_length", "output_length"):
+                    if key not in row:
+                        raise ConfigError(f"{path}:{number}: missing field {key!r}")
+                rows.append(row)
+        df = pd.DataFrame(rows)
+        out = pd.DataFrame({"arrival_s": _check_column(df, "timestamp", path, 0, allow_zero=True) / 1e3,
+                            "input_tokens": _check_column(df, "input_length", path, 0),
+                            "output_tokens": _check_column(df, "output_length", path, 0)})
+        if "hash_ids" in df:
+            out["hash_ids"] = df.hash_ids
+        _check_sorted(out.arrival_s.to_numpy(), path, 0)
+        return out
+    elif fmt == "csv":
+        df = pd.read_csv(path)
+        _require(df, ["arrival_s", "input_tokens", "output_tokens"], path)
+        out = pd.DataFrame({"arrival_s": _check_column(df, "arrival_s", path, allow_zero=True),
+                            "input_tokens": _check_column(df, "input_tokens", path),
+                            "output_tokens": _check_column(df, "output_tokens", path)})
+        for optional in ("client", "model"):
+            if optional in df:
+                out[optional] = df[optional].astype(str)
+    else:
+        raise ConfigError(f"unknown trace format {fmt!r}; allowed: azure, mooncake, csv")
+    _check_sorted(out.arrival_s.to_numpy(), path)
+    return out
+
+
+def _from_trace(client: Client, horizon: float) -> pd.DataFrame:
+    trace = client.trace
+    df = read_trace(trace["path"], trace["format"])
+    start, end = trace.get("start_s", 0.0), trace.get("end_s", np.inf)
+    df = df[(df.arrival_s >= start) & (df.arrival_s < end)].copy()
+    df["arrival_s"] = (df.arrival_s - start) / trace.get("rate_scale", 1.0)  # k-times rate: gaps / k
+    return df[df.arrival_s < horizon]
+
+
+def build_workload(scenario: Scenario, seed: int | None = None) -> Workload:
+    """All clients' requests merged in arrival order; same seed, same requests."""
+    rng = np.random.default_rng(scenario.simulation.seed if seed is None else seed)
+    horizon = scenario.simulation.horizon_s
+    frames = []
+    for index, client in enumerate(scenario.clients):
+        if client.trace:
+            df = _from_trace(client, horizon)
+        else:
+            a = client.arrival
+            times = arrivals(a["process"], a["rate_per_s"], horizon, rng, a.get("cv", 1.0))
+            df = pd.DataFrame({"arrival_s": times, "input_tokens": lengths(client.input_tokens, len(times), rng),
+                               "output_tokens": lengths(client.output_tokens, len(times), rng)})
+        frames.append(df.assign(client=index))
+    df = pd.concat(frames, ignore_index=True).sort_values("arrival_s", kind="stable").reset_index(drop=True)
+    hashes = list(df.hash_ids) if "hash_ids" in df else None
+    return Workload(arrival_s=df.arrival_s.to_numpy(float), input_tokens=df.input_tokens.to_numpy(np.int64),
+                    output_tokens=df.output_tokens.to_numpy(np.int64), client=df.client.to_numpy(np.int64),
+                    client_names=tuple(c.name for c in scenario.clients), hash_ids=hashes)
