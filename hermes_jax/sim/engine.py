@@ -198,8 +198,12 @@ def _replica_step(cfg, hw, req, s, kv_capacity, slots, clock, queue, queue_done,
 
     def body(carry, _):
         go = carry[1] < dt
-        return jax.lax.cond(go, lambda c: _iteration(cfg, hw, req, s, kv_capacity, c),
-                            lambda c: (c, none), carry)
+        def work(c):
+            # keep dtypes fixed whatever jax_enable_x64 promotes sums to
+            out = _iteration(cfg, hw, req, s, kv_capacity, c)
+            return jax.tree_util.tree_map(lambda x, like: x.astype(like.dtype), out, (c, none))
+
+        return jax.lax.cond(go, work, lambda c: (c, none), carry)
 
     carry = (slots, clock, queue, queue_done, head, tail, admitted, jnp.zeros((), F32), jnp.zeros(2, F32))
     carry, events = jax.lax.scan(body, carry, None, length=cfg.iterations)

@@ -1,0 +1,187 @@
+"""Exact event-driven reference simulator: plain Python and NumPy, a heap of events, float64.
+
+Same serving semantics as the time-stepped simulator (hermes_jax.sim.engine) but no time steps:
+requests are routed at their exact arrival times with the replicas' state at that instant, and each
+replica decides and runs its next iteration when it becomes free. It shares only the service-time
+kernel (``iteration_cost``, called once per iteration) and the scheduler objects, so the tests and
+benchmarks can measure the error that fixed steps introduce.
+"""
+
+from __future__ import annotations
+
+import heapq
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..iteration import iteration_cost
+from .build import REJECT_REASONS, build_group, reject_reasons
+from .metrics import summarize
+from .scenario import Scenario
+from .schedulers import SCHEDULERS
+from .simulate import Results, _group_rows, derived_columns, request_frame
+from .workload import Workload, build_workload
+
+ARRIVAL, FREE = 0, 1   # at equal times an arrival is seen by an engine that becomes free then
+
+
+@partial(jax.jit, static_argnums=0)
+def _iteration_time(spec, params, new, context, logits):
+    return iteration_cost(spec, params, new, context, logits).time
+
+
+class _Replica:
+    def __init__(self, slots: int):
+        self.req = np.full(slots, -1)
+        self.prompt_left = np.zeros(slots, np.int64)
+        self.context = np.zeros(slots, np.int64)
+        self.generated = np.zeros(slots, np.int64)
+        self.target = np.zeros(slots, np.int64)
+        self.order = np.zeros(slots, np.int64)
+        self.alloc = np.zeros(slots, np.int64)
+        self.queue: list[tuple[int, int]] = []   # (request, output tokens already sampled or -1)
+        self.admitted = 0
+        self.busy = False
+
+
+def _blocks(tokens, size):
+    return -(-tokens // size)
+
+
+def _run_group(group, scenario, workload, rows, df):
+    e = group.engine
+    sched = SCHEDULERS[e.scheduler]
+    B, bs, budget, M = e.max_batch_size, e.block_size, e.max_batch_tokens, max(1, min(e.max_batch_size, 128))
+    capacity = group.kv_blocks
+    params = group.params
+    horizon = scenario.simulation.horizon_s
+    arrival = workload.arrival_s[rows]
+    inputs, outputs = workload.input_tokens[rows], workload.output_tokens[rows]
+    reasons = reject_reasons(group, workload, np.ones(len(workload), bool))[rows]
+    n = len(rows)
+    out = {k: np.full(n, np.nan) for k in ("admit", "first", "finish")}
+    replica_of, preempt = np.full(n, -1), np.zeros(n, np.int64)
+    generated_final = np.zeros(n, np.int64)
+    rejected = reasons > 0
+    replicas = [_Replica(B) for _ in range(e.replicas)]
+    events = [(float(arrival[i]), ARRIVAL, i, i) for i in range(n)]
+    heapq.heapify(events)
+    seq = n
+    routed = 0
+
+    def start(r: int, now: float):
+        nonlocal seq
+        rep = replicas[r]
+        active = rep.req >= 0
+        # admission: FCFS prefix of the queue that fits slots, KV blocks and the token budget
+        cand = rep.queue[:M]
+        if cand and sched.may_admit(np, int(active.sum())):
+            free_slots = B - int(active.sum())
+            free_blocks = capacity - int(_blocks(rep.alloc, bs).sum())
+            prefill_now = int(np.where(active, rep.prompt_left, 0).sum())
+            take, blocks, tokens = 0, 0, 0
+            for i, done in cand:
+                prompt = int(inputs[i]) + max(done, 0)
+                blocks += int(_blocks(prompt, bs))
+                tokens += int(sched.admission_tokens(np, prompt))
+                if take >= free_slots or blocks > free_blocks or prefill_now + tokens > budget:
+                    break
+                take += 1
+            empty = np.flatnonzero(~active)
+            for k, (i, done) in enumerate(rep.queue[:take]):
+                b = empty[k]
+                prompt = int(inputs[i]) + max(done, 0)
+                rep.req[b], rep.prompt_left[b], rep.context[b] = i, prompt, 0
+                rep.generated[b], rep.target[b], rep.order[b], rep.alloc[b] = max(done, 0), outputs[i], rep.admitted + k, prompt
+                if done < 0:
+                    out["admit"][i] = now
+            rep.queue = rep.queue[take:]
+            rep.admitted += take
+        active = rep.req >= 0
+        if not active.any():
+            rep.busy = False
+            return
+        new = sched.compose(np, rep.prompt_left, active, rep.order, budget)
+        need = np.where(active, np.maximum(rep.alloc, rep.context + new), 0)
+        by_age = np.argsort(np.where(active, rep.order, 2**30), kind="stable")
+        keep = np.zeros(B, bool)
+        keep[by_age] = np.cumsum(_blocks(need, bs)[by_age]) <= capacity
+        evict = active & ~keep
+        if evict.any():   # recompute preemption of the newest; the oldest evicted goes first in the queue
+            victims = [b for b in by_age if evict[b]]
+            rep.queue = [(int(rep.req[b]), int(rep.generated[b])) for b in victims] + rep.queue
+            for b in victims:
+                preempt[rep.req[b]] += 1
+                rep.req[b] = -1
+            active = rep.req >= 0
+            new = np.where(active, new, 0)
+        rep.alloc = np.where(active, np.maximum(rep.alloc, rep.context + new), 0)
+        logits = active & (new > 0) & (rep.prompt_left <= new)
+        tau = float(_iteration_time(group.spec, params, jnp.asarray(new, float), jnp.asarray(rep.context, float),
+                                    jnp.asarray(logits, float)))
+        end = now + tau
+        first = logits & (rep.generated == 0)
+        out["first"][rep.req[first]] = end
+        rep.generated = rep.generated + logits
+        finished = logits & (rep.generated >= rep.target)
+        out["finish"][rep.req[finished]] = end
+        generated_final[rep.req[finished]] = rep.target[finished]
+        rep.req = np.where(finished, -1, rep.req)
+        rep.alloc = np.where(finished, 0, rep.alloc)
+        rep.prompt_left = np.maximum(rep.prompt_left - new, 0)
+        rep.context = rep.context + new
+        rep.busy = True
+        seq += 1
+        heapq.heappush(events, (end, FREE, seq, r))
+
+    while events:
+        time, kind, _, who = heapq.heappop(events)
+        if time >= horizon:
+            break
+        if kind == ARRIVAL:
+            if rejected[who]:
+                continue
+            if e.router == "round_robin":
+                r = routed % e.replicas
+            elif e.router == "least_outstanding":
+                r = int(np.argmin([(rep.req >= 0).sum() + len(rep.queue) for rep in replicas]))
+            else:
+                r = int(np.argmin([_blocks(rep.alloc, bs).sum() / capacity for rep in replicas]))
+            routed += 1
+            replica_of[who] = r
+            replicas[r].queue.append((who, -1))
+            if not replicas[r].busy:
+                start(r, time)
+        else:
+            start(who, time)
+    for rep in replicas:   # requests still in a batch at the horizon
+        live = rep.req >= 0
+        generated_final[rep.req[live]] = rep.generated[live]
+        for i, done in rep.queue:
+            generated_final[i] = max(done, 0)
+    status = np.where(np.isfinite(out["finish"]), "finished", "unfinished").astype(object)
+    status[rejected] = "rejected"
+    df.loc[rows, "replica"] = replica_of
+    df.loc[rows, "admit_s"] = out["admit"]
+    df.loc[rows, "first_token_s"] = out["first"]
+    df.loc[rows, "finish_s"] = out["finish"]
+    df.loc[rows, "preemptions"] = preempt
+    df.loc[rows, "generated"] = generated_final
+    df.loc[rows, "status"] = status
+    df.loc[rows, "reject_reason"] = np.array(REJECT_REASONS, dtype=object)[reasons]
+
+
+def simulate_reference(scenario: Scenario, workload: Workload | None = None) -> Results:
+    workload = workload or build_workload(scenario)
+    df = request_frame(workload, scenario)
+    for entry in scenario.engines:
+        rows = _group_rows(scenario, workload, entry.name)
+        if rows.size:
+            group = build_group(entry)
+            group = type(group)(group.engine, group.spec, group.params.astype(jnp.float64), group.kv_blocks)
+            _run_group(group, scenario, workload, rows, df)
+    df = derived_columns(df)
+    import pandas as pd
+    return Results(df, pd.DataFrame(), summarize(df, pd.DataFrame(), scenario))
