@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--ideal", action="store_true", help="pure datasheet roofline: efficiency 1, no overheads")
     est.add_argument("--smooth", action="store_true", help="smooth max in the roofline (for gradients)")
     est.add_argument("--json", action="store_true", help="one JSON object per grid point, one per line")
+    sim = sub.add_parser("simulate", help="simulate a serving scenario (TOML); default: the bundled scenario",
+                         description="Run a scenario with the time-stepped simulator; print a summary and, with "
+                                     "--out, write summary.json, requests.csv, timeseries.csv and plots.")
+    sim.add_argument("scenario", nargs="?", help="scenario TOML (default: the bundled default scenario)")
+    sim.add_argument("--out", metavar="DIR", help="directory for summary.json, requests.csv, timeseries.csv, PNGs")
+    sim.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a scenario field, e.g. client.chat.arrival.rate_per_s=8 (repeatable)")
     return parser
 
 
@@ -145,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(json.dumps(row))
             else:
                 _print_table(rows)
+        elif args.command == "simulate":
+            from .sim.report import run_cli
+            run_cli(args.scenario, args.out, args.overrides)
     except ConfigError as exc:
         print(f"hermes-jax: error: {exc}", file=sys.stderr)
         return 2

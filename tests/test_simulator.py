@@ -4,10 +4,10 @@ request conservation. Horizons are short so CI stays fast; each scenario compile
 import numpy as np
 import pytest
 
-from hermes_jax.sim import load_scenario, simulate
+from hermes_jax.sim import DEFAULT_SCENARIO, load_scenario, simulate
 from hermes_jax.sim.reference import simulate_reference
 
-DEFAULT = "scenarios/default.toml"
+DEFAULT = str(DEFAULT_SCENARIO)
 SCENARIOS = {
     "light": ["simulation.horizon_s=20"],
     "heavy_chunked_2_replicas": ["simulation.horizon_s=20", "client.chat.arrival.rate_per_s=30", "engine.e0.replicas=2",

@@ -1,0 +1,89 @@
+"""``hermes-jax simulate``: run a scenario, print the summary table, write CSV/JSON and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .scenario import load_scenario
+from .simulate import Results, simulate
+
+DEFAULT_SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "default.toml"
+
+
+def print_summary(results: Results) -> None:
+    s = results.summary
+    print(f"requests {s['requests']}: finished {s['finished']}, unfinished at horizon {s['unfinished']}, "
+          f"rejected {s['rejected']}, preemptions {s['preemptions']}")
+    print(f"throughput {s['throughput_rps']:.3f} req/s, {s['output_tokens_per_s']:.1f} output tokens/s, "
+          f"goodput {s['goodput_rps']:.3f} req/s (SLOs met)")
+    print(f"{'latency':12s} {'mean':>10s} {'p50':>10s} {'p90':>10s} {'p95':>10s} {'p99':>10s}   (ms)")
+    for name, stats in s["latency"].items():
+        if stats:
+            print(f"{name:12s} " + " ".join(f"{stats[k] * 1e3:10.2f}" for k in ("mean", "p50", "p90", "p95", "p99")))
+    for name, e in s["engines"].items():
+        extra = f", MFU {e['mfu']:.1%}, MBU {e['mbu']:.1%}" if "mfu" in e else ""
+        print(f"engine {name}: {e['replicas']} replica(s), busy {e['busy_fraction']:.1%}, mean batch {e['mean_batch']:.1f}, "
+              f"KV used mean {e['mean_kv_used']:.1%} max {e['max_kv_used']:.1%}{extra}")
+    unfinished = results.requests[results.requests.status == "unfinished"]
+    if len(unfinished):
+        print(f"unfinished requests (first 10 of {len(unfinished)}): {unfinished.request.head(10).tolist()}")
+    rejected = results.requests[results.requests.status == "rejected"]
+    if len(rejected):
+        print("rejected: " + ", ".join(f"{n} {r}" for r, n in rejected.reject_reason.value_counts().items()))
+
+
+def write_outputs(results: Results, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "summary.json", out / "requests.csv", out / "timeseries.csv", out / "latency_cdf.png",
+             out / "timeseries.png"]
+    paths[0].write_text(json.dumps({**results.summary, "run": results.extra}, indent=2, default=float))
+    results.requests.to_csv(paths[1], index=False)
+    results.timeseries.to_csv(paths[2], index=False)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    done = results.requests[results.requests.status == "finished"]
+    for ax, col in zip(axes, ("ttft_s", "tpot_s", "e2e_s")):
+        for client, part in done.groupby("client"):
+            values = np.sort(part[col].dropna().to_numpy())
+            ax.plot(values, np.arange(1, len(values) + 1) / max(len(values), 1), label=client)
+        ax.set_xlabel(col.replace("_s", " (s)").upper())
+        ax.set_ylabel("fraction of requests")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(paths[3], dpi=110)
+    plt.close(fig)
+    fig, axes = plt.subplots(2, 1, figsize=(10, 5), sharex=True)
+    ts = results.timeseries
+    for (engine, replica), part in ts.groupby(["engine", "replica"]):
+        axes[0].plot(part.time_s, part.batch, lw=0.8, label=f"{engine}/{replica}")
+        axes[1].plot(part.time_s, part.kv_used, lw=0.8)
+    axes[0].set_ylabel("batch size")
+    axes[1].set_ylabel("KV cache used")
+    axes[1].set_xlabel("time (s)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(paths[4], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def run_cli(scenario_path: str | None, out: str | None, overrides: list[str]) -> None:
+    path = scenario_path or DEFAULT_SCENARIO
+    scenario = load_scenario(path, overrides)
+    start = time.perf_counter()
+    print(f"simulating {path} (horizon {scenario.simulation.horizon_s:g} s, dt {scenario.simulation.dt_s:g} s) ...",
+          flush=True)
+    results = simulate(scenario)
+    print(f"done in {time.perf_counter() - start:.2f} s (including compilation)")
+    print_summary(results)
+    if out:
+        for p in write_outputs(results, Path(out)):
+            print(f"wrote {p}")
