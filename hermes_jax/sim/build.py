@@ -55,6 +55,8 @@ def kv_capacity_blocks(spec: EngineSpec, params: HardwareParams, entry: Engine) 
 
 
 def build_group(entry: Engine) -> EngineGroup:
+    if entry.preemption == "swap":
+        raise ConfigError(f"[[engine]] {entry.name!r} preemption: 'swap' is not modelled yet; use 'recompute'")
     try:
         hw = get_hardware(entry.hardware, **entry.hardware_overrides)
         spec = EngineSpec(get_model(entry.model), hw.spec, Parallelism(tp=entry.tp, pp=entry.pp),
