@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hermes_jax import EngineSpec, Parallelism, get_hardware, get_model, static_batch
-from hermes_jax.hardware.params import ELEMENTWISE_KERNELS, stack
+from hermes_jax.hardware.params import ELEMENTWISE_KERNELS
 from hermes_jax.iteration import operators
 from hermes_jax.models.operators import ATTENTION, COLLECTIVE, ELEMENTWISE, operator_costs
 

@@ -6,7 +6,6 @@ import argparse
 import itertools
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 

@@ -87,9 +87,15 @@ def reject_reasons(group: EngineGroup, workload: Workload, mask: np.ndarray) -> 
     return np.where(mask, reason, 0)
 
 
-def group_config(group: EngineGroup, scenario: Scenario, arrivals_per_step: int) -> GroupConfig:
+def admission_window(entry: Engine) -> int:
+    """Queue entries examined per admission decision (both simulators use the same window)."""
+    return max(1, min(entry.max_batch_size, 128))
+
+
+def group_config(group: EngineGroup, scenario: Scenario, arrivals_per_step: int, queue: int) -> GroupConfig:
     e, sim = group.engine, scenario.simulation
-    return GroupConfig(spec=group.spec, replicas=e.replicas, slots=e.max_batch_size, queue=0, admit=0,
+    return GroupConfig(spec=group.spec, replicas=e.replicas, slots=e.max_batch_size, queue=queue,
+                       admit=admission_window(e),
                        block_size=e.block_size, max_batch_tokens=e.max_batch_tokens, scheduler=SCHEDULERS[e.scheduler],
                        router=e.router, dt=sim.dt_s, iterations=iterations_per_step(group, sim.dt_s, sim.iterations_per_step),
                        arrivals=arrivals_per_step)

@@ -15,9 +15,10 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 
 from ..iteration import iteration_cost
-from .build import REJECT_REASONS, build_group, reject_reasons
+from .build import REJECT_REASONS, admission_window, build_group, reject_reasons
 from .metrics import summarize
 from .scenario import Scenario
 from .schedulers import SCHEDULERS
@@ -53,7 +54,7 @@ def _blocks(tokens, size):
 def _run_group(group, scenario, workload, rows, df):
     e = group.engine
     sched = SCHEDULERS[e.scheduler]
-    B, bs, budget, M = e.max_batch_size, e.block_size, e.max_batch_tokens, max(1, min(e.max_batch_size, 128))
+    B, bs, budget, M = e.max_batch_size, e.block_size, e.max_batch_tokens, admission_window(e)
     capacity = group.kv_blocks
     params = group.params
     horizon = scenario.simulation.horizon_s
@@ -183,5 +184,4 @@ def simulate_reference(scenario: Scenario, workload: Workload | None = None) -> 
             group = type(group)(group.engine, group.spec, group.params.astype(jnp.float64), group.kv_blocks)
             _run_group(group, scenario, workload, rows, df)
     df = derived_columns(df)
-    import pandas as pd
     return Results(df, pd.DataFrame(), summarize(df, pd.DataFrame(), scenario))

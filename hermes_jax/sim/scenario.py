@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..tomlio import load_toml
+from ..tomlio import load_toml, tomllib
 
 SCHEDULERS = ("static", "continuous", "chunked")
 ROUTERS = ("round_robin", "least_outstanding", "least_kv")
@@ -277,13 +277,17 @@ def parse_scenario(data: dict, path: Path | None = None) -> Scenario:
 
 def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
     path = Path(path)
-    return parse_scenario(override(load_toml(path), overrides), path)
+    try:
+        return parse_scenario(override(load_toml(path), overrides), path)
+    except ConfigError as exc:
+        if not overrides:
+            raise
+        # the line points into the file, but the bad value may come from the command line
+        raise ConfigError(f"{exc} (with --set {' '.join(overrides)})") from None
 
 
 def override(data: dict, assignments) -> dict:
     """Apply ``key=value`` edits; the value is parsed as TOML (numbers, strings, tables) else kept as text."""
-    import tomllib
-
     data = copy.deepcopy(data)
     for item in assignments:
         if "=" not in item:

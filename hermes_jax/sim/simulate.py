@@ -66,9 +66,7 @@ def prepare(group: EngineGroup, scenario: Scenario, workload: Workload, rows: np
     req, steps = device_requests(workload.arrival_s[rows], workload.input_tokens[rows], workload.output_tokens[rows],
                                  reasons == 0, sim.dt_s, sim.horizon_s)
     per_step = np.diff(np.asarray(req.step_first))
-    cfg = group_config(group, scenario, max(int(per_step.max(initial=0)), 1))
-    cfg = engine_sim.GroupConfig(**{**cfg.__dict__, "queue": max(len(rows), 1),
-                                    "admit": max(1, min(cfg.slots, 128))})
+    cfg = group_config(group, scenario, max(int(per_step.max(initial=0)), 1), queue=max(len(rows), 1))
     return cfg, req, reasons, steps
 
 

@@ -11,7 +11,7 @@ a bad value is reported with its file and line.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,6 @@ class Workload:
     client: np.ndarray          # index into client_names
     client_names: tuple[str, ...]
     hash_ids: list | None = None   # per request list of prefix-block hashes (Mooncake), else None
-    extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.arrival_s)
