@@ -66,13 +66,25 @@ def build_group(entry: Engine) -> EngineGroup:
     return EngineGroup(entry, spec, hw.params, kv_capacity_blocks(spec, hw.params, entry))
 
 
-def iterations_per_step(group: EngineGroup, dt: float, cap: int = 0) -> int:
-    """Enough iterations for the fastest possible iteration (batch-1 decode) to fill a step."""
-    if cap:
-        return cap
+def iterations_per_step(group: EngineGroup, dt: float, arrivals_per_step: int, cap: int = 0) -> tuple[int, int]:
+    """(K, W): scheduler decisions per replica per step, and decode iterations fast-forwarded at once.
+
+    A step holds at most ``n = dt / fastest iteration (batch-1 decode) + 1`` iterations. Without
+    fast-forward each is a decision (K = n). With it (W = min(n, 64) when n > 2), a decision is
+    needed only at events: an admission (at most the arrivals of the step plus requests requeued by
+    preemption), a finish, or W decode iterations done; K budgets twice the arrivals plus the W
+    blocks plus a margin. A replica that runs out of decisions continues in the next step (counted
+    as ``deferred``), so K bounds speed, not correctness.
+    """
     one = jnp.ones((1,))
     fastest = float(iteration_cost(group.spec, group.params, one, one, one).time)
-    return int(min(max(math.ceil(dt / fastest) + 1, 2), 256))
+    n = int(min(max(math.ceil(dt / fastest) + 1, 2), 4096))
+    width = min(n, 64) if n > 2 else 0
+    if cap:
+        return cap, width
+    if not width:
+        return min(n, 256), 0
+    return int(min(n, 2 * arrivals_per_step + math.ceil(n / width) + 8, 256)), width
 
 
 def reject_reasons(group: EngineGroup, workload: Workload, mask: np.ndarray) -> np.ndarray:
@@ -94,11 +106,11 @@ def admission_window(entry: Engine) -> int:
 
 def group_config(group: EngineGroup, scenario: Scenario, arrivals_per_step: int, queue: int) -> GroupConfig:
     e, sim = group.engine, scenario.simulation
+    iterations, width = iterations_per_step(group, sim.dt_s, arrivals_per_step, sim.iterations_per_step)
     return GroupConfig(spec=group.spec, replicas=e.replicas, slots=e.max_batch_size, queue=queue,
                        admit=admission_window(e),
                        block_size=e.block_size, max_batch_tokens=e.max_batch_tokens, scheduler=SCHEDULERS[e.scheduler],
-                       router=e.router, dt=sim.dt_s, iterations=iterations_per_step(group, sim.dt_s, sim.iterations_per_step),
-                       arrivals=arrivals_per_step)
+                       router=e.router, dt=sim.dt_s, iterations=iterations, fast_forward=width, arrivals=arrivals_per_step)
 
 
 def device_requests(arrival_s: np.ndarray, input_tokens, output_tokens, admissible, dt: float, horizon: float):

@@ -1,15 +1,19 @@
 """Time-stepped simulation of one engine group (R replicas of one EngineSpec) as a pure init/step pair.
 
 Each step of ``dt`` first routes the requests arriving in the step to replicas (the router sees the
-replicas as they are at the step start), then lets every replica run up to ``iterations`` engine
-iterations back to back. An iteration starts when its replica becomes free, at a continuous time,
-and takes the service time of its batch (``iteration_cost``), so latencies are never quantized to
-``dt``. At each iteration boundary the scheduler admits queued requests that have arrived by then,
-preempts (recompute) the newest requests if the KV cache would overflow, and composes the batch.
-If a replica still has work when its iteration cap is reached, it simply continues in the next step
-from its own clock (counted in ``deferred``); only routing depends on ``dt``.
+replicas as they are at the step start), then lets every replica make up to ``iterations``
+scheduler decisions back to back. A decision happens when its replica becomes free, at a continuous
+time: the scheduler admits queued requests that have arrived by then, preempts (recompute) the
+newest requests if the KV cache would overflow, composes the batch and runs one iteration taking
+its service time (``iteration_cost``), so latencies are never quantized to ``dt``. It then
+fast-forwards the pure-decode iterations that follow until the next event (an admission becomes
+possible, a request finishes, the KV cache needs a block it lacks, the step ends), evaluated in one
+vectorized call: between events the batch is fixed, so this is exact. If a replica still has work
+when its decision cap is reached, it continues in the next step from its own clock (counted in
+``deferred``); only routing depends on ``dt``.
 
-Work per step is O(R (A + iterations * B)): it grows with load, not with the length of the trace.
+Work per step is O(R (A + decisions * (B + W))): it grows with load and events, not with the length
+of the trace.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ class GroupConfig:
     scheduler: object
     router: str
     dt: float                  # s
-    iterations: int            # cap on iterations per replica per step
+    iterations: int            # cap on scheduler decisions per replica per step
+    fast_forward: int          # W, pure-decode iterations evaluated at once after a decision (0: off)
     arrivals: int              # cap on arrivals per step (max over the trace)
 
 
@@ -64,50 +69,73 @@ def _blocks(tokens, block_size):
     return (tokens + block_size - 1) // block_size
 
 
+def _cumsum(x):
+    """Inclusive prefix sum along the last axis (booleans count as 0/1)."""
+    return jnp.cumsum(x.astype(I32) if x.dtype == bool else x, axis=-1)
+
+
+def _cond(pred, compute, unchanged):
+    """``compute()`` if ``pred`` else ``unchanged``, with the result cast to ``unchanged``'s dtypes
+    (sums promote to int64 under jax_enable_x64)."""
+    def run():
+        return jax.tree_util.tree_map(lambda x, like: x.astype(like.dtype), compute(), unchanged)
+    return jax.lax.cond(pred, run, lambda: unchanged)
+
+
+def _prefix_length(ok):
+    """Number of leading True entries of a vector."""
+    return jnp.where(ok.all(), ok.shape[-1], jnp.argmin(ok)).astype(I32)
+
+
+def _inverse_permutation(perm):
+    return jnp.zeros_like(perm).at[perm].set(jnp.arange(perm.shape[-1], dtype=perm.dtype))
+
+
 # ------------------------------------------------------------------------------------------ routing
 def _route(cfg: GroupConfig, state: SimState, req: Requests, kv_capacity, s):
-    """Append the requests arriving in step ``s`` to replica queues."""
+    """Append the requests arriving in step ``s`` to replica queues. Only integer state is touched,
+    so the loop runs over the step's actual arrivals (a while loop) and stays out of gradients."""
     first, last = req.step_first[s], req.step_first[s + 1]
     N = req.input_tokens.shape[0]
+    blocks_used = _blocks(state.slots.alloc, cfg.block_size).sum(-1)
+    load = (state.slots.req >= 0).sum(-1)
 
-    def one(j, st):
-        i = first + j
-        valid = i < last
-        i_safe = jnp.minimum(i, N - 1)
-        ok = valid & req.admissible[i_safe]
-        active = (st.slots.req >= 0).sum(-1)
-        waiting = st.tail - st.head
+    def one(i, carry):
+        queue, queue_done, tail, routed, replica, rejected, load = carry
+        ok = req.admissible[i]
         if cfg.router == "round_robin":
-            r = st.routed % cfg.replicas
+            r = routed % cfg.replicas
         elif cfg.router == "least_outstanding":
-            r = jnp.argmin(active + waiting)
+            r = jnp.argmin(load + tail - state.head)
         else:  # least_kv: smallest share of KV blocks in use
-            r = jnp.argmin(_blocks(st.slots.alloc, cfg.block_size).sum(-1) / kv_capacity)
-        room = (st.tail[r] - st.head[r]) < cfg.queue
-        push = ok & room
-        at = st.tail[r] % cfg.queue
-        queue = st.queue.at[r, at].set(jnp.where(push, i_safe, st.queue[r, at]))
-        queue_done = st.queue_done.at[r, at].set(jnp.where(push, -1, st.queue_done[r, at]))
-        tail = st.tail.at[r].add(push.astype(I32))
-        rec = st.records
-        idx = jnp.where(valid, i_safe, N)  # out of range: dropped
-        rec = rec._replace(replica=rec.replica.at[idx].set(jnp.where(push, r, -1), mode="drop"),
-                           rejected=rec.rejected.at[idx].set(~push, mode="drop"))
-        return st._replace(queue=queue, queue_done=queue_done, tail=tail, routed=st.routed + ok.astype(I32), records=rec)
+            r = jnp.argmin(blocks_used / kv_capacity)
+        push = ok & ((tail[r] - state.head[r]) < cfg.queue)
+        at = jnp.where(push, tail[r] % cfg.queue, cfg.queue)          # out of range: dropped
+        queue = queue.at[r, at].set(i, mode="drop")
+        queue_done = queue_done.at[r, at].set(-1, mode="drop")
+        tail = tail.at[r].add(push.astype(I32))
+        replica = replica.at[i].set(jnp.where(push, r, -1))
+        rejected = rejected.at[i].set(~push)
+        return queue, queue_done, tail, routed + ok.astype(I32), replica, rejected, load
 
-    return jax.lax.fori_loop(0, cfg.arrivals, one, state)
+    rec = state.records
+    carry = (state.queue, state.queue_done, state.tail, state.routed, rec.replica, rec.rejected, load)
+    if cfg.arrivals == 1 or N == 0:
+        queue, queue_done, tail, routed, replica, rejected, _ = jax.lax.cond(
+            last > first, lambda c: one(jnp.minimum(first, N - 1), c), lambda c: c, carry)
+    else:
+        queue, queue_done, tail, routed, replica, rejected, _ = jax.lax.fori_loop(first, last, one, carry)
+    return state._replace(queue=queue, queue_done=queue_done, tail=tail, routed=routed,
+                          records=rec._replace(replica=replica, rejected=rejected))
 
 
 # ------------------------------------------------------------------------------------------ one replica
-def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capacity, carry):
-    """One scheduler decision plus one engine iteration on one replica; returns events (B,)."""
-    slots, clock, queue, queue_done, head, tail, admitted, busy, work = carry
+def _admit(cfg: GroupConfig, req: Requests, s, kv_capacity, now, slots: Slots, queue, queue_done, head, tail, admitted):
+    """Admission: the FCFS prefix of the queue that has arrived by ``now`` and fits the free slots,
+    KV blocks and token budget. Returns the new slots, head, admitted and admit events (B,)."""
     B, M, Q, bs = cfg.slots, cfg.admit, cfg.queue, cfg.block_size
     dt = jnp.asarray(cfg.dt, F32)
-    now = clock
     active = slots.req >= 0
-
-    # --- admission: a prefix of the queue that has arrived, fits free slots, KV blocks and tokens
     j = jnp.arange(M)
     cand = queue[(head + j) % Q]
     in_queue = j < (tail - head)
@@ -115,18 +143,15 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
     history = queue_done[(head + j) % Q]
     done_before = jnp.maximum(history, 0)
     prompt = req.input_tokens[cand] + done_before
-    need_blocks = _blocks(prompt, bs)
     used_blocks = _blocks(slots.alloc, bs).sum()
-    tokens = cfg.scheduler.admission_tokens(jnp, prompt)
     prefill_now = jnp.where(active, slots.prompt_left, 0).sum()
     n_active = active.sum()
     ok = (in_queue & (arrival <= now) & (j < B - n_active)
-          & (jnp.cumsum(need_blocks) <= kv_capacity - used_blocks)
-          & (prefill_now + jnp.cumsum(tokens) <= cfg.max_batch_tokens)
+          & (_cumsum(_blocks(prompt, bs)) <= kv_capacity - used_blocks)
+          & (prefill_now + _cumsum(cfg.scheduler.admission_tokens(jnp, prompt)) <= cfg.max_batch_tokens)
           & cfg.scheduler.may_admit(jnp, n_active))
-    ok = jnp.cumprod(ok.astype(I32)).astype(bool)          # FCFS: stop at the first that cannot join
-    n_admit = ok.sum()
-    free_rank = jnp.where(active, B, jnp.cumsum(~active) - 1)
+    n_admit = _prefix_length(ok)                                  # FCFS: stop at the first that cannot join
+    free_rank = jnp.where(active, B, _cumsum(~active) - 1)
     take = (~active) & (free_rank < n_admit)
     pick = jnp.clip(free_rank, 0, M - 1)
     new_req = cand[pick]
@@ -137,27 +162,68 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
                   target=jnp.where(take, req.output_tokens[new_req], slots.target),
                   order=jnp.where(take, admitted + pick, slots.order),
                   alloc=jnp.where(take, prompt[pick], slots.alloc))
-    admit_event = jnp.where(take & (history[pick] < 0), new_req, -1)
-    head = head + n_admit
-    admitted = admitted + n_admit
+    return slots, head + n_admit, admitted + n_admit, jnp.where(take & (history[pick] < 0), new_req, -1)
+
+
+def _head_admissible(cfg: GroupConfig, req: Requests, s, kv_capacity, now, slots: Slots, queue, queue_done, head,
+                     tail):
+    """Whether the oldest waiting request would join at ``now`` (``now`` may have a leading axis).
+    FCFS: if it cannot, no one can."""
+    Q, bs = cfg.queue, cfg.block_size
+    active = slots.req >= 0
+    n_active = active.sum()
+    nxt = queue[head % Q]
+    prompt = req.input_tokens[nxt] + jnp.maximum(queue_done[head % Q], 0)
+    arrival = (req.arrival_step[nxt] - s).astype(F32) * jnp.asarray(cfg.dt, F32) + req.arrival_off[nxt]
+    prefill_now = jnp.where(active, slots.prompt_left, 0).sum()
+    return ((tail > head) & (arrival <= now) & (n_active < cfg.slots) & cfg.scheduler.may_admit(jnp, n_active)
+            & (_blocks(prompt, bs) <= kv_capacity - _blocks(slots.alloc, bs).sum(-1))
+            & (prefill_now + cfg.scheduler.admission_tokens(jnp, prompt) <= cfg.max_batch_tokens))
+
+
+def _preempt(cfg: GroupConfig, kv_capacity, new, slots: Slots, queue, queue_done, head):
+    """Recompute preemption: evict the newest requests until the KV blocks the batch needs fit; the
+    evicted go back to the queue front, oldest first. Returns slots, queue, queue_done, head, events."""
+    Q, bs = cfg.queue, cfg.block_size
+    active = slots.req >= 0
+    need = jnp.where(active, jnp.maximum(slots.alloc, slots.context + new), 0)
+    rank = jnp.argsort(jnp.where(active, slots.order, 2**30))
+    inverse = _inverse_permutation(rank)
+    fits = (_cumsum(_blocks(need, bs)[rank]) <= kv_capacity)[inverse]
+    evict = active & ~fits
+    n_evict = evict.sum()
+    evict_rank = _cumsum(evict[rank])[inverse] - 1   # oldest evicted first
+    position = jnp.where(evict, (head - n_evict + evict_rank) % Q, Q)
+    queue = queue.at[position].set(slots.req, mode="drop")
+    queue_done = queue_done.at[position].set(slots.generated, mode="drop")
+    event = jnp.where(evict, slots.req, -1)
+    return slots._replace(req=jnp.where(evict, -1, slots.req)), queue, queue_done, head - n_evict, event
+
+
+def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capacity, carry):
+    """One scheduler decision plus one engine iteration on one replica (then fast-forwarded decode
+    iterations); returns the carry and the events (B,). Admission and preemption sit behind
+    ``lax.cond`` on cheap tests, so a single replica skips them when nothing can happen."""
+    slots, clock, queue, queue_done, head, tail, admitted, busy, work = carry
+    B, Q, bs = cfg.slots, cfg.queue, cfg.block_size
+    dt = jnp.asarray(cfg.dt, F32)
+    now = clock
+    nobody = jnp.full(B, -1, I32)
+
+    # --- admission
+    admit = _head_admissible(cfg, req, s, kv_capacity, now, slots, queue, queue_done, head, tail)
+    slots, head, admitted, admit_event = _cond(
+        admit, lambda: _admit(cfg, req, s, kv_capacity, now, slots, queue, queue_done, head, tail, admitted),
+        (slots, head, admitted, nobody))
     active = slots.req >= 0
 
     # --- batch composition and KV check: preempt the newest requests (recompute) until it fits
     new = cfg.scheduler.compose(jnp, slots.prompt_left, active, slots.order, cfg.max_batch_tokens)
     need = jnp.where(active, jnp.maximum(slots.alloc, slots.context + new), 0)
-    rank = jnp.argsort(jnp.where(active, slots.order, 2**30))
-    inverse = jnp.argsort(rank)
-    fits = (jnp.cumsum(_blocks(need, bs)[rank]) <= kv_capacity)[inverse]
-    evict = active & ~fits
-    n_evict = evict.sum()
-    evict_rank = jnp.cumsum(jnp.where(evict, 1, 0)[rank])[inverse] - 1   # oldest evicted first
-    position = jnp.where(evict, head - n_evict + evict_rank, Q * 4)
-    queue = queue.at[jnp.where(evict, position % Q, Q)].set(slots.req, mode="drop")
-    queue_done = queue_done.at[jnp.where(evict, position % Q, Q)].set(slots.generated, mode="drop")
-    head = head - n_evict
-    preempt_event = jnp.where(evict, slots.req, -1)
     preempt_generated = slots.generated
-    slots = slots._replace(req=jnp.where(evict, -1, slots.req))
+    slots, queue, queue_done, head, preempt_event = _cond(
+        _blocks(need, bs).sum() > kv_capacity, lambda: _preempt(cfg, kv_capacity, new, slots, queue, queue_done, head),
+        (slots, queue, queue_done, head, nobody))
     active = slots.req >= 0
     new = jnp.where(active, new, 0)
     alloc = jnp.where(active, jnp.maximum(slots.alloc, slots.context + new), 0)
@@ -173,9 +239,20 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
     first_event = jnp.where(logits & (slots.generated == 0), slots.req, -1)
     finished = logits & (generated >= slots.target)
     finish_event = jnp.where(finished, slots.req, -1)
+    finish_time = jnp.where(finished, end, 0.0)
     slots = Slots(req=jnp.where(finished, -1, slots.req), prompt_left=jnp.maximum(slots.prompt_left - new, 0),
                   context=slots.context + new, generated=generated, target=slots.target, order=slots.order,
                   alloc=jnp.where(finished, 0, alloc))
+    work = work + jnp.where(running, jnp.stack([cost.op_flop.sum(), (cost.op_bytes * (cost.op_network == 0)).sum()]),
+                            0.0).astype(F32)
+    busy = busy + tau
+
+    if cfg.fast_forward:
+        slots, end, ff_finish, ff_time, ff_tau, ff_work = _fast_forward(cfg, hw, req, s, kv_capacity, slots, end, queue,
+                                                                         queue_done, head, tail)
+        finish_event = jnp.where(ff_finish >= 0, ff_finish, finish_event)
+        finish_time = jnp.where(ff_finish >= 0, ff_time, finish_time)
+        busy, work = busy + ff_tau, work + ff_work
 
     # idle: jump to the next arrival in the queue, else to the step end
     waiting = tail > head
@@ -183,63 +260,128 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
     next_arrival = (req.arrival_step[nxt] - s).astype(F32) * dt + req.arrival_off[nxt]
     idle_to = jnp.where(waiting & (next_arrival > now), jnp.minimum(next_arrival, dt), dt)
     clock = jnp.where(running, end, jnp.maximum(now, idle_to))
-    events = (admit_event, now, first_event, finish_event, end, preempt_event, preempt_generated)
-    flop = jnp.where(running, cost.op_flop.sum(), 0.0).astype(F32)
-    traffic = jnp.where(running, (cost.op_bytes * (cost.op_network == 0)).sum(), 0.0).astype(F32)
-    return (slots, clock, queue, queue_done, head, tail, admitted, busy + tau, work + jnp.stack([flop, traffic])), events
+    events = (admit_event, now, first_event, now + tau, finish_event, finish_time, preempt_event, preempt_generated)
+    return (slots, clock, queue, queue_done, head, tail, admitted, busy, work), events
 
 
-def _replica_step(cfg, hw, req, s, kv_capacity, slots, clock, queue, queue_done, head, tail, admitted):
-    """Up to ``cfg.iterations`` iterations of one replica inside step ``s``; events (K, B)."""
+def _record(rec: Records, s, events) -> Records:
+    """Write one decision's events (each (B,), request index or -1) into the per-request records."""
+    admit, start, first, first_end, finish, finish_time, preempt, preempt_generated = events
+    N = rec.replica.shape[0]
+    step = jnp.asarray(s, I32)
+
+    def put(field, index, values):
+        return field.at[jnp.where(index >= 0, index, N)].set(jnp.broadcast_to(values, index.shape).astype(field.dtype),
+                                                              mode="drop")
+
+    return rec._replace(
+        admit_step=put(rec.admit_step, admit, step), admit_off=put(rec.admit_off, admit, start),
+        first_step=put(rec.first_step, first, step), first_off=put(rec.first_off, first, first_end),
+        finish_step=put(rec.finish_step, finish, step), finish_off=put(rec.finish_off, finish, finish_time),
+        generated=put(rec.generated, preempt, preempt_generated),
+        preemptions=rec.preemptions.at[jnp.where(preempt >= 0, preempt, N)].add(1, mode="drop"))
+
+
+def _fast_forward(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capacity, slots: Slots, start, queue,
+                  queue_done, head, tail):
+    """Run, in one vectorized evaluation, the pure-decode iterations that follow until the next
+    event: an admission becomes possible, a request finishes (that iteration is included), the KV
+    cache needs a block it does not have (preemption), the step ends, or W iterations are done.
+
+    Between such events the batch is fixed, so these iterations are exactly what the scheduler loop
+    would run one by one; only their count is found at once. Returns the new slots, the clock,
+    the finishing slots' requests (B,) (-1 none) and times, and the busy time and work added.
+    """
+    W, B, Q, bs = cfg.fast_forward, cfg.slots, cfg.queue, cfg.block_size
     dt = jnp.asarray(cfg.dt, F32)
-    B = cfg.slots
-    none = (jnp.full(B, -1, I32), jnp.zeros((), F32), jnp.full(B, -1, I32), jnp.full(B, -1, I32), jnp.zeros((), F32),
-            jnp.full(B, -1, I32), jnp.zeros(B, I32))
+    ids = slots.req
+    active = ids >= 0
+    n_active = active.sum()
+    decoding = active.any() & ~(active & (slots.prompt_left > 0)).any()
+    w = jnp.arange(W, dtype=I32)[:, None]                              # (W, 1) iteration index
+    context = slots.context + w                                        # (W, B) context at iteration w
+    f = hw.log["hbm_bandwidth"].dtype
+    if cfg.spec.model.sliding_window:
+        one = jnp.broadcast_to(active.astype(f), context.shape)
+        cost = iteration_cost(cfg.spec, hw, one, context.astype(f), one)
+    else:
+        # Decode costs are linear in each sequence's context, so the batch is one slot holding
+        # n_active copies at the mean context: O(W) instead of O(W B) work per decision.
+        mean = jnp.where(active, slots.context, 0).sum().astype(f) / jnp.maximum(n_active, 1).astype(f)
+        ones = jnp.ones((W, 1), f)
+        cost = iteration_cost(cfg.spec, hw, ones, mean + w.astype(f), ones, copies=ones * n_active.astype(f))
+    tau = cost.time.astype(F32)                                        # (W,)
+    begin = start + _cumsum(tau) - tau                              # (W,) start of iteration w
 
-    def body(carry, _):
-        go = carry[1] < dt
-        def work(c):
+    # KV blocks needed during iteration w
+    needed = jnp.where(active, _blocks(jnp.maximum(slots.alloc, context + 1), bs), 0).sum(-1)
+    # would the oldest waiting request be admitted at the start of iteration w?
+    admits = _head_admissible(cfg, req, s, kv_capacity, begin, slots._replace(alloc=jnp.where(active, jnp.maximum(slots.alloc, context), 0)),
+                              queue, queue_done, head, tail)
+    left = jnp.where(active, slots.target - slots.generated, 2**30).min()    # iteration left - 1 finishes
+    ok = decoding & (begin < dt) & ~admits & (needed <= kv_capacity) & (w[:, 0] < left)
+    n = _prefix_length(ok)
+    ok = w[:, 0] < n
+    end = jnp.where(n > 0, start + jnp.where(ok, tau, 0.0).sum(), start)
+    generated = jnp.where(active, slots.generated + n, slots.generated)
+    finished = active & (generated >= slots.target)
+    grown = jnp.where(active, jnp.maximum(slots.alloc, slots.context + n), slots.alloc)
+    slots = Slots(req=jnp.where(finished, -1, slots.req), prompt_left=slots.prompt_left,
+                  context=jnp.where(active, slots.context + n, slots.context), generated=generated,
+                  target=slots.target, order=slots.order, alloc=jnp.where(finished, 0, grown))
+    work = jnp.stack([jnp.where(ok, cost.op_flop.sum(-1), 0.0).sum(),
+                      jnp.where(ok, (cost.op_bytes * (cost.op_network == 0)).sum(-1), 0.0).sum()]).astype(F32)
+    return (slots, end, jnp.where(finished, ids, -1), jnp.where(finished, end, 0.0),
+            jnp.where(ok, tau, 0.0).sum(), work)
+
+
+def _replica_step(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capacity, carry, records: Records):
+    """Up to ``cfg.iterations`` scheduler decisions of one replica inside step ``s``, each writing
+    its events straight into ``records``. A fixed-length scan of ``lax.cond`` (not a while loop)
+    keeps it reverse-differentiable; the cond skips the work of decisions not needed."""
+    dt = jnp.asarray(cfg.dt, F32)
+
+    def body(state, _):
+        c, rec = state
+
+        def work(c, rec):
+            out, events = _iteration(cfg, hw, req, s, kv_capacity, c)
             # keep dtypes fixed whatever jax_enable_x64 promotes sums to
-            out = _iteration(cfg, hw, req, s, kv_capacity, c)
-            return jax.tree_util.tree_map(lambda x, like: x.astype(like.dtype), out, (c, none))
+            out = jax.tree_util.tree_map(lambda x, like: x.astype(like.dtype), out, c)
+            return out, _record(rec, s, events)
 
-        return jax.lax.cond(go, work, lambda c: (c, none), carry)
+        return jax.lax.cond(c[1] < dt, work, lambda c, rec: (c, rec), c, rec), None
 
-    carry = (slots, clock, queue, queue_done, head, tail, admitted, jnp.zeros((), F32), jnp.zeros(2, F32))
-    carry, events = jax.lax.scan(body, carry, None, length=cfg.iterations)
-    return carry, events
+    zero = (jnp.zeros((), F32), jnp.zeros(2, F32))
+    (carry, records), _ = jax.lax.scan(body, (carry + zero, records), None, length=cfg.iterations)
+    return carry, records
 
 
 def step(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capacity, state: SimState, s):
-    """Advance every replica by one ``dt`` step. ``hw`` has a leading replica axis (R)."""
+    """Advance every replica by one ``dt`` step. ``hw`` has a leading replica axis (R).
+
+    Replicas run one after another (a loop, not a vmap) so they share one request record and a
+    single replica's conditionals really skip work; within a step they do not interact."""
     state = _route(cfg, state, req, kv_capacity, s)
-    rec = state.records
-    run = jax.vmap(partial(_replica_step, cfg), in_axes=(0, None, None, 0, 0, 0, 0, 0, 0, 0, 0))
-    carry, ev = run(hw, req, s, kv_capacity, state.slots, state.clock, state.queue, state.queue_done, state.head,
-                    state.tail, state.admitted)
-    slots, clock, queue, queue_done, head, tail, admitted, busy, work = carry
-    admit_ev, start, first_ev, finish_ev, end, preempt_ev, preempt_gen = ev  # (R, K, B) / (R, K)
-    N = rec.replica.shape[0]
+    fields = (state.slots, state.clock, state.queue, state.queue_done, state.head, state.tail, state.admitted)
 
-    def scatter(field, index, values):
-        index = jnp.where(index >= 0, index, N).reshape(-1)
-        return field.at[index].set(jnp.broadcast_to(values, index.shape).reshape(-1), mode="drop")
+    def one(r, acc):
+        per, rec, busy, work = acc
+        mine = jax.tree_util.tree_map(lambda x: x[r], per)
+        out, rec = _replica_step(cfg, jax.tree_util.tree_map(lambda x: x[r], hw), req, s, kv_capacity[r], mine, rec)
+        per = jax.tree_util.tree_map(lambda x, y: x.at[r].set(y), per, out[:7])
+        return per, rec, busy.at[r].set(out[7]), work.at[r].set(out[8])
 
-    start_b = jnp.broadcast_to(start[..., None], admit_ev.shape)
-    end_b = jnp.broadcast_to(end[..., None], admit_ev.shape)
-    step_i = jnp.asarray(s, I32)
-    rec = rec._replace(
-        admit_step=scatter(rec.admit_step, admit_ev, step_i), admit_off=scatter(rec.admit_off, admit_ev, start_b.reshape(-1)),
-        first_step=scatter(rec.first_step, first_ev, step_i), first_off=scatter(rec.first_off, first_ev, end_b.reshape(-1)),
-        finish_step=scatter(rec.finish_step, finish_ev, step_i), finish_off=scatter(rec.finish_off, finish_ev, end_b.reshape(-1)),
-        generated=scatter(rec.generated, preempt_ev, preempt_gen.reshape(-1)),
-        preemptions=rec.preemptions.at[jnp.where(preempt_ev >= 0, preempt_ev, N).reshape(-1)].add(1, mode="drop"))
-    # A replica whose clock is still inside the step ran out of iterations: it goes on next step.
+    R = cfg.replicas
+    acc = (fields, state.records, jnp.zeros(R, F32), jnp.zeros((R, 2), F32))
+    acc = one(0, acc) if R == 1 else jax.lax.fori_loop(0, R, one, acc)
+    (slots, clock, queue, queue_done, head, tail, admitted), rec, busy, work = acc
+    # A replica whose clock is still inside the step ran out of decisions: it goes on next step.
     deferred = state.deferred + jnp.any(clock < cfg.dt).astype(I32)
     trace = StepTrace(batch=(slots.req >= 0).sum(-1), kv_blocks=_blocks(slots.alloc, cfg.block_size).sum(-1),
                       busy_s=busy, queued=tail - head, flop=work[:, 0], bytes=work[:, 1])
-    new_state = SimState(slots=slots, clock=clock - cfg.dt, queue=queue, queue_done=queue_done, head=head, tail=tail, admitted=admitted,
-                         routed=state.routed, deferred=deferred, records=rec)
+    new_state = SimState(slots=slots, clock=clock - cfg.dt, queue=queue, queue_done=queue_done, head=head, tail=tail,
+                         admitted=admitted, routed=state.routed, deferred=deferred, records=rec)
     return new_state, trace
 
 

@@ -181,7 +181,9 @@ def simulate_reference(scenario: Scenario, workload: Workload | None = None) -> 
         rows = _group_rows(scenario, workload, entry.name)
         if rows.size:
             group = build_group(entry)
-            group = type(group)(group.engine, group.spec, group.params.astype(jnp.float64), group.kv_blocks)
+            # float64 kernels where JAX allows it; event times are Python floats either way
+            precise = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+            group = type(group)(group.engine, group.spec, group.params.astype(precise), group.kv_blocks)
             _run_group(group, scenario, workload, rows, df)
     df = derived_columns(df)
     return Results(df, pd.DataFrame(), summarize(df, pd.DataFrame(), scenario))

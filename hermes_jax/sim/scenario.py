@@ -66,6 +66,8 @@ def _positive(where, table, index, name, data, key, default=None, integer=False,
     value = data.get(key.split(".")[-1], default)
     if value is None:
         raise where.error(table, index, name, key, "required")
+    if key.split(".")[-1] not in data and value == math.inf:   # an unlimited default, e.g. no SLO
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise where.error(table, index, name, key, f"must be a number, got {value!r}")
     if integer and int(value) != value:
@@ -189,7 +191,8 @@ class Client:
     slo_ttft_s: float = math.inf
     slo_tpot_s: float = math.inf
     priority: int = 0
-    trace: dict = field(default_factory=dict)   # {path, format, rate_scale, start_s, end_s}
+    trace: dict = field(default_factory=dict)   # {path, format, rate_scale, start_s, end_s, arrival}
+    max_requests: int = 0        # keep only the first N requests (0: all)
 
     @staticmethod
     def parse(data: dict, index: int, where: _Where, base: Path | None) -> "Client":
@@ -197,7 +200,8 @@ class Client:
         if not isinstance(name, str) or not name:
             raise where.error("client", index, "", "name", "required (a non-empty string)")
         _check_keys(where, "client", index, name, data,
-                    {"name", "engine", "arrival", "input_tokens", "output_tokens", "slo", "priority", "trace"})
+                    {"name", "engine", "arrival", "input_tokens", "output_tokens", "slo", "priority", "trace",
+                     "max_requests"})
         if not isinstance(data.get("engine"), str):
             raise where.error("client", index, name, "engine", "required (the name of an [[engine]])")
         slo = data.get("slo", {})
@@ -205,10 +209,13 @@ class Client:
         common = dict(name=name, engine=data["engine"],
                       slo_ttft_s=_positive(where, "client", index, name, slo, "slo.ttft_s", math.inf),
                       slo_tpot_s=_positive(where, "client", index, name, slo, "slo.tpot_s", math.inf),
-                      priority=_positive(where, "client", index, name, data, "priority", 0, integer=True, allow_zero=True))
+                      priority=_positive(where, "client", index, name, data, "priority", 0, integer=True, allow_zero=True),
+                      max_requests=_positive(where, "client", index, name, data, "max_requests", 0, integer=True,
+                                             allow_zero=True))
         if "trace" in data:
             trace = data["trace"]
-            _check_keys(where, "client", index, name, trace, {"path", "format", "rate_scale", "start_s", "end_s"}, "trace.")
+            _check_keys(where, "client", index, name, trace, {"path", "format", "rate_scale", "start_s", "end_s", "arrival"},
+                        "trace.")
             if not isinstance(trace.get("path"), str):
                 raise where.error("client", index, name, "trace.path", "required")
             _choice(where, "client", index, name, trace, "trace.format", TRACE_FORMATS)
@@ -217,19 +224,25 @@ class Client:
             for key in ("rate_scale", "start_s", "end_s"):
                 if key in trace:
                     _positive(where, "client", index, name, trace, f"trace.{key}", allow_zero=key != "rate_scale")
+            if "arrival" in trace:   # lengths from the trace, in order; arrival times drawn anew
+                trace["arrival"] = _arrival(where, index, name, trace["arrival"], "trace.arrival")
             return Client(**common, trace=trace)
-        arrival = data.get("arrival")
-        if not isinstance(arrival, dict):
-            raise where.error("client", index, name, "arrival", "required: { process = \"poisson\", rate_per_s = 5 } "
-                              "(or give trace = { path, format })")
-        process = _choice(where, "client", index, name, arrival, "arrival.process", ARRIVALS)
-        allowed = {"process", "rate_per_s"} | ({"cv"} if process == "gamma" else set())
-        _check_keys(where, "client", index, name, arrival, allowed, prefix="arrival.")
-        _positive(where, "client", index, name, arrival, "arrival.rate_per_s")
-        if process == "gamma":
-            _positive(where, "client", index, name, arrival, "arrival.cv")
+        arrival = _arrival(where, index, name, data.get("arrival"), "arrival")
         lengths = {k: Distribution.parse(data.get(k), where, index, name, k, base) for k in ("input_tokens", "output_tokens")}
-        return Client(**common, arrival=dict(arrival), **lengths)
+        return Client(**common, arrival=arrival, **lengths)
+
+
+def _arrival(where: _Where, index: int, name: str, arrival: Any, key: str) -> dict:
+    if not isinstance(arrival, dict):
+        raise where.error("client", index, name, key, "required: { process = \"poisson\", rate_per_s = 5 } "
+                          "(or give trace = { path, format })")
+    process = _choice(where, "client", index, name, arrival, f"{key}.process", ARRIVALS)
+    allowed = {"process", "rate_per_s"} | ({"cv"} if process == "gamma" else set())
+    _check_keys(where, "client", index, name, arrival, allowed, prefix=f"{key}.")
+    _positive(where, "client", index, name, arrival, f"{key}.rate_per_s")
+    if process == "gamma":
+        _positive(where, "client", index, name, arrival, f"{key}.cv")
+    return dict(arrival)
 
 
 @dataclass(frozen=True)

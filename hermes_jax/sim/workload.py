@@ -172,11 +172,18 @@ def read_trace(path: str, fmt: str) -> pd.DataFrame:
     return out
 
 
-def _from_trace(client: Client, horizon: float) -> pd.DataFrame:
+def _from_trace(client: Client, horizon: float, rng: np.random.Generator) -> pd.DataFrame:
     trace = client.trace
     df = read_trace(trace["path"], trace["format"])
     start, end = trace.get("start_s", 0.0), trace.get("end_s", np.inf)
-    df = df[(df.arrival_s >= start) & (df.arrival_s < end)].copy()
+    df = df[(df.arrival_s >= start) & (df.arrival_s < end)].reset_index(drop=True)
+    if "arrival" in trace:   # the trace's lengths in order (cycled), new arrival times (like Vidur's trace replay)
+        a = trace["arrival"]
+        times = arrivals(a["process"], a["rate_per_s"], horizon, rng, a.get("cv", 1.0))
+        if client.max_requests:
+            times = times[:client.max_requests]
+        df = df.iloc[np.arange(len(times)) % max(len(df), 1)].reset_index(drop=True) if len(df) else df
+        return df.assign(arrival_s=times[:len(df)] if len(df) else times[:0])
     df["arrival_s"] = (df.arrival_s - start) / trace.get("rate_scale", 1.0)  # k-times rate: gaps / k
     return df[df.arrival_s < horizon]
 
@@ -188,12 +195,14 @@ def build_workload(scenario: Scenario, seed: int | None = None) -> Workload:
     frames = []
     for index, client in enumerate(scenario.clients):
         if client.trace:
-            df = _from_trace(client, horizon)
+            df = _from_trace(client, horizon, rng)
         else:
             a = client.arrival
             times = arrivals(a["process"], a["rate_per_s"], horizon, rng, a.get("cv", 1.0))
             df = pd.DataFrame({"arrival_s": times, "input_tokens": lengths(client.input_tokens, len(times), rng),
                                "output_tokens": lengths(client.output_tokens, len(times), rng)})
+        if client.max_requests:
+            df = df.iloc[:client.max_requests]
         frames.append(df.assign(client=index))
     df = pd.concat(frames, ignore_index=True).sort_values("arrival_s", kind="stable").reset_index(drop=True)
     hashes = list(df.hash_ids) if "hash_ids" in df else None
