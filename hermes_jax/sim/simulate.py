@@ -32,14 +32,15 @@ def request_frame(workload: Workload, scenario: Scenario) -> pd.DataFrame:
     """Columns every simulator fills; times in s from the start of the run."""
     n = len(workload)
     clients = scenario.clients
+    names = np.array(workload.client_names, dtype=object)
     return pd.DataFrame({
-        "request": np.arange(n), "client": [workload.client_names[c] for c in workload.client],
-        "engine": [clients[c].engine for c in workload.client], "arrival_s": workload.arrival_s,
+        "request": np.arange(n), "client": names[workload.client],
+        "engine": np.array([c.engine for c in clients], dtype=object)[workload.client], "arrival_s": workload.arrival_s,
         "input_tokens": workload.input_tokens, "output_tokens": workload.output_tokens,
         "replica": -1, "admit_s": np.nan, "first_token_s": np.nan, "finish_s": np.nan, "generated": 0,
         "preemptions": 0, "status": "unfinished", "reject_reason": "",
-        "slo_ttft_s": [clients[c].slo_ttft_s for c in workload.client],
-        "slo_tpot_s": [clients[c].slo_tpot_s for c in workload.client]})
+        "slo_ttft_s": np.array([c.slo_ttft_s for c in clients])[workload.client],
+        "slo_tpot_s": np.array([c.slo_tpot_s for c in clients])[workload.client]})
 
 
 def derived_columns(df: pd.DataFrame) -> pd.DataFrame:
