@@ -18,6 +18,7 @@ of the trace.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 from ..engine import EngineSpec
 from ..hardware.params import HardwareParams
 from ..iteration import iteration_cost
+from .estimators import Pathwise
 from .state import Records, Requests, SimState, Slots, StepTrace
 
 I32, F32 = jnp.int32, jnp.float32
@@ -49,19 +51,21 @@ class GroupConfig:
     iterations: int            # cap on scheduler decisions per replica per step
     fast_forward: int          # W, pure-decode iterations evaluated at once after a decision (0: off)
     arrivals: int              # cap on arrivals per step (max over the trace)
+    estimator: object = Pathwise()   # how admission decisions enter gradients (see estimators.py)
 
 
 def init(cfg: GroupConfig, n_requests: int) -> SimState:
     R, B, N = cfg.replicas, cfg.slots, n_requests
     zeros = jnp.zeros((R, B), I32)
     slots = Slots(req=jnp.full((R, B), -1, I32), prompt_left=zeros, context=zeros, generated=zeros, target=zeros,
-                  order=zeros, alloc=zeros)
+                  order=zeros, alloc=zeros, shift=jnp.zeros((R, B), F32))
     never = jnp.full((N,), -1, I32)
     records = Records(replica=never, admit_step=never, admit_off=jnp.zeros(N, F32), first_step=never,
                       first_off=jnp.zeros(N, F32), finish_step=never, finish_off=jnp.zeros(N, F32),
                       preemptions=jnp.zeros(N, I32), generated=jnp.zeros(N, I32), rejected=jnp.zeros(N, bool))
     return SimState(slots=slots, clock=jnp.zeros(R, F32), queue=jnp.zeros((R, cfg.queue), I32),
                     queue_done=jnp.zeros((R, cfg.queue), I32), head=jnp.zeros(R, I32), tail=jnp.zeros(R, I32), admitted=jnp.zeros(R, I32),
+                    last_tau=jnp.zeros(R, F32),
                     routed=jnp.zeros((), I32), deferred=jnp.zeros((), I32), records=records)
 
 
@@ -130,7 +134,8 @@ def _route(cfg: GroupConfig, state: SimState, req: Requests, kv_capacity, s):
 
 
 # ------------------------------------------------------------------------------------------ one replica
-def _admit(cfg: GroupConfig, req: Requests, s, kv_capacity, now, slots: Slots, queue, queue_done, head, tail, admitted):
+def _admit(cfg: GroupConfig, req: Requests, s, kv_capacity, now, last_tau, slots: Slots, queue, queue_done, head, tail,
+           admitted):
     """Admission: the FCFS prefix of the queue that has arrived by ``now`` and fits the free slots,
     KV blocks and token budget. Returns the new slots, head, admitted and admit events (B,)."""
     B, M, Q, bs = cfg.slots, cfg.admit, cfg.queue, cfg.block_size
@@ -151,6 +156,7 @@ def _admit(cfg: GroupConfig, req: Requests, s, kv_capacity, now, slots: Slots, q
           & (prefill_now + _cumsum(cfg.scheduler.admission_tokens(jnp, prompt)) <= cfg.max_batch_tokens)
           & cfg.scheduler.may_admit(jnp, n_active))
     n_admit = _prefix_length(ok)                                  # FCFS: stop at the first that cannot join
+    shift = cfg.estimator.shift(now, arrival, last_tau)
     free_rank = jnp.where(active, B, _cumsum(~active) - 1)
     take = (~active) & (free_rank < n_admit)
     pick = jnp.clip(free_rank, 0, M - 1)
@@ -161,8 +167,10 @@ def _admit(cfg: GroupConfig, req: Requests, s, kv_capacity, now, slots: Slots, q
                   generated=jnp.where(take, done_before[pick], slots.generated),
                   target=jnp.where(take, req.output_tokens[new_req], slots.target),
                   order=jnp.where(take, admitted + pick, slots.order),
-                  alloc=jnp.where(take, prompt[pick], slots.alloc))
-    return slots, head + n_admit, admitted + n_admit, jnp.where(take & (history[pick] < 0), new_req, -1)
+                  alloc=jnp.where(take, prompt[pick], slots.alloc),
+                  shift=jnp.where(take, shift[pick], slots.shift))
+    gate = jnp.where(take, cfg.estimator.gate(now + shift - arrival)[pick], 1.0).astype(F32)
+    return slots, head + n_admit, admitted + n_admit, jnp.where(take & (history[pick] < 0), new_req, -1), gate
 
 
 def _head_admissible(cfg: GroupConfig, req: Requests, s, kv_capacity, now, slots: Slots, queue, queue_done, head,
@@ -204,7 +212,7 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
     """One scheduler decision plus one engine iteration on one replica (then fast-forwarded decode
     iterations); returns the carry and the events (B,). Admission and preemption sit behind
     ``lax.cond`` on cheap tests, so a single replica skips them when nothing can happen."""
-    slots, clock, queue, queue_done, head, tail, admitted, busy, work = carry
+    slots, clock, queue, queue_done, head, tail, admitted, last_tau, busy, work = carry
     B, Q, bs = cfg.slots, cfg.queue, cfg.block_size
     dt = jnp.asarray(cfg.dt, F32)
     now = clock
@@ -212,9 +220,9 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
 
     # --- admission
     admit = _head_admissible(cfg, req, s, kv_capacity, now, slots, queue, queue_done, head, tail)
-    slots, head, admitted, admit_event = _cond(
-        admit, lambda: _admit(cfg, req, s, kv_capacity, now, slots, queue, queue_done, head, tail, admitted),
-        (slots, head, admitted, nobody))
+    slots, head, admitted, admit_event, gate = _cond(
+        admit, lambda: _admit(cfg, req, s, kv_capacity, now, last_tau, slots, queue, queue_done, head, tail, admitted),
+        (slots, head, admitted, nobody, jnp.ones(B, F32)))
     active = slots.req >= 0
 
     # --- batch composition and KV check: preempt the newest requests (recompute) until it fits
@@ -231,7 +239,9 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
     # --- the iteration itself
     logits = active & (new > 0) & (slots.prompt_left <= new)   # prefill completes, or a decode step
     f = hw.log["hbm_bandwidth"].dtype
-    cost = iteration_cost(cfg.spec, hw, new.astype(f), slots.context.astype(f), logits.astype(f))
+    # the estimator's gate scales the tokens of requests admitted at this boundary (1 in the forward
+    # pass except for the relaxed estimator)
+    cost = iteration_cost(cfg.spec, hw, new.astype(f) * gate.astype(f), slots.context.astype(f), logits.astype(f))
     running = active.any()
     tau = jnp.where(running, cost.time.astype(F32), 0.0)
     end = now + tau
@@ -240,16 +250,18 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
     finished = logits & (generated >= slots.target)
     finish_event = jnp.where(finished, slots.req, -1)
     finish_time = jnp.where(finished, end, 0.0)
-    slots = Slots(req=jnp.where(finished, -1, slots.req), prompt_left=jnp.maximum(slots.prompt_left - new, 0),
-                  context=slots.context + new, generated=generated, target=slots.target, order=slots.order,
-                  alloc=jnp.where(finished, 0, alloc))
+    shift = slots.shift
+    slots = slots._replace(req=jnp.where(finished, -1, slots.req), prompt_left=jnp.maximum(slots.prompt_left - new, 0),
+                           context=slots.context + new, generated=generated, alloc=jnp.where(finished, 0, alloc))
+    last_tau = tau
     work = work + jnp.where(running, jnp.stack([cost.op_flop.sum(), (cost.op_bytes * (cost.op_network == 0)).sum()]),
                             0.0).astype(F32)
     busy = busy + tau
 
     if cfg.fast_forward:
-        slots, end, ff_finish, ff_time, ff_tau, ff_work = _fast_forward(cfg, hw, req, s, kv_capacity, slots, end, queue,
-                                                                         queue_done, head, tail)
+        slots, end, ff_finish, ff_time, ff_tau, ff_work, ff_last = _fast_forward(cfg, hw, req, s, kv_capacity, slots, end,
+                                                                                  queue, queue_done, head, tail)
+        last_tau = jnp.where(ff_tau > 0, ff_last, last_tau)
         finish_event = jnp.where(ff_finish >= 0, ff_finish, finish_event)
         finish_time = jnp.where(ff_finish >= 0, ff_time, finish_time)
         busy, work = busy + ff_tau, work + ff_work
@@ -260,8 +272,11 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
     next_arrival = (req.arrival_step[nxt] - s).astype(F32) * dt + req.arrival_off[nxt]
     idle_to = jnp.where(waiting & (next_arrival > now), jnp.minimum(next_arrival, dt), dt)
     clock = jnp.where(running, end, jnp.maximum(now, idle_to))
-    events = (admit_event, now, first_event, now + tau, finish_event, finish_time, preempt_event, preempt_generated)
-    return (slots, clock, queue, queue_done, head, tail, admitted, busy, work), events
+    last_tau = jnp.where(running, last_tau, 0.0)
+    # event times per slot, each with its request's (zero-valued) gradient correction
+    events = (admit_event, now + shift, first_event, now + tau + shift, finish_event, finish_time + shift,
+              preempt_event, preempt_generated)
+    return (slots, clock, queue, queue_done, head, tail, admitted, last_tau, busy, work), events
 
 
 def _record(rec: Records, s, events) -> Records:
@@ -292,7 +307,7 @@ def _fast_forward(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_cap
     would run one by one; only their count is found at once. Returns the new slots, the clock,
     the finishing slots' requests (B,) (-1 none) and times, and the busy time and work added.
     """
-    W, B, Q, bs = cfg.fast_forward, cfg.slots, cfg.queue, cfg.block_size
+    W, bs = cfg.fast_forward, cfg.block_size
     dt = jnp.asarray(cfg.dt, F32)
     ids = slots.req
     active = ids >= 0
@@ -326,13 +341,12 @@ def _fast_forward(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_cap
     generated = jnp.where(active, slots.generated + n, slots.generated)
     finished = active & (generated >= slots.target)
     grown = jnp.where(active, jnp.maximum(slots.alloc, slots.context + n), slots.alloc)
-    slots = Slots(req=jnp.where(finished, -1, slots.req), prompt_left=slots.prompt_left,
-                  context=jnp.where(active, slots.context + n, slots.context), generated=generated,
-                  target=slots.target, order=slots.order, alloc=jnp.where(finished, 0, grown))
+    slots = slots._replace(req=jnp.where(finished, -1, slots.req), context=jnp.where(active, slots.context + n, slots.context),
+                           generated=generated, alloc=jnp.where(finished, 0, grown))
     work = jnp.stack([jnp.where(ok, cost.op_flop.sum(-1), 0.0).sum(),
                       jnp.where(ok, (cost.op_bytes * (cost.op_network == 0)).sum(-1), 0.0).sum()]).astype(F32)
     return (slots, end, jnp.where(finished, ids, -1), jnp.where(finished, end, 0.0),
-            jnp.where(ok, tau, 0.0).sum(), work)
+            jnp.where(ok, tau, 0.0).sum(), work, tau[jnp.maximum(n, 1) - 1])
 
 
 def _replica_step(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capacity, carry, records: Records):
@@ -363,31 +377,57 @@ def step(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capacity, state
     Replicas run one after another (a loop, not a vmap) so they share one request record and a
     single replica's conditionals really skip work; within a step they do not interact."""
     state = _route(cfg, state, req, kv_capacity, s)
-    fields = (state.slots, state.clock, state.queue, state.queue_done, state.head, state.tail, state.admitted)
+    fields = (state.slots, state.clock, state.queue, state.queue_done, state.head, state.tail, state.admitted,
+              state.last_tau)
 
     def one(r, acc):
         per, rec, busy, work = acc
         mine = jax.tree_util.tree_map(lambda x: x[r], per)
         out, rec = _replica_step(cfg, jax.tree_util.tree_map(lambda x: x[r], hw), req, s, kv_capacity[r], mine, rec)
-        per = jax.tree_util.tree_map(lambda x, y: x.at[r].set(y), per, out[:7])
-        return per, rec, busy.at[r].set(out[7]), work.at[r].set(out[8])
+        per = jax.tree_util.tree_map(lambda x, y: x.at[r].set(y), per, out[:8])
+        return per, rec, busy.at[r].set(out[8]), work.at[r].set(out[9])
 
     R = cfg.replicas
     acc = (fields, state.records, jnp.zeros(R, F32), jnp.zeros((R, 2), F32))
     acc = one(0, acc) if R == 1 else jax.lax.fori_loop(0, R, one, acc)
-    (slots, clock, queue, queue_done, head, tail, admitted), rec, busy, work = acc
+    (slots, clock, queue, queue_done, head, tail, admitted, last_tau), rec, busy, work = acc
     # A replica whose clock is still inside the step ran out of decisions: it goes on next step.
     deferred = state.deferred + jnp.any(clock < cfg.dt).astype(I32)
-    trace = StepTrace(batch=(slots.req >= 0).sum(-1), kv_blocks=_blocks(slots.alloc, cfg.block_size).sum(-1),
-                      busy_s=busy, queued=tail - head, flop=work[:, 0], bytes=work[:, 1])
+    trace = StepTrace(batch=(slots.req >= 0).sum(-1).astype(I32),
+                      kv_blocks=_blocks(slots.alloc, cfg.block_size).sum(-1).astype(I32),
+                      busy_s=busy, queued=(tail - head).astype(I32), flop=work[:, 0], bytes=work[:, 1])
     new_state = SimState(slots=slots, clock=clock - cfg.dt, queue=queue, queue_done=queue_done, head=head, tail=tail,
-                         admitted=admitted, routed=state.routed, deferred=deferred, records=rec)
+                         admitted=admitted, last_tau=last_tau, routed=state.routed, deferred=deferred,
+                         records=rec)
     return new_state, trace
 
 
-@partial(jax.jit, static_argnums=0)
-def run(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capacity) -> tuple[SimState, StepTrace]:
-    """Scan ``step`` over every step of the horizon (S = len(step_first) - 1)."""
+@partial(jax.jit, static_argnums=(0, 4))
+def run(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capacity, checkpoint: bool = False
+        ) -> tuple[SimState, StepTrace]:
+    """Scan ``step`` over every step of the horizon (S = len(step_first) - 1).
+
+    ``checkpoint=True`` splits the scan into about sqrt(S) segments of sqrt(S) steps and
+    rematerializes each segment in the backward pass, so reverse-mode memory grows like sqrt(S)
+    states instead of S (the forward result is the same)."""
     steps = req.step_first.shape[0] - 1
     state = init(cfg, req.input_tokens.shape[0])
-    return jax.lax.scan(lambda st, s: step(cfg, hw, req, kv_capacity, st, s), state, jnp.arange(steps, dtype=I32))
+
+    def advance(st, s):
+        return step(cfg, hw, req, kv_capacity, st, s)
+
+    if not checkpoint:
+        return jax.lax.scan(advance, state, jnp.arange(steps, dtype=I32))
+    outer = max(int(math.ceil(math.sqrt(steps))), 1)
+    inner = max(int(math.ceil(steps / outer)), 1)
+
+    def masked(st, s):   # padding steps past the horizon leave the state alone
+        idle = StepTrace(*(jnp.zeros(cfg.replicas, dt) for dt in (I32, I32, F32, I32, F32, F32)))
+        return jax.lax.cond(s < steps, advance, lambda st, s: (st, idle), st, s)
+
+    @jax.checkpoint
+    def segment(st, indices):
+        return jax.lax.scan(masked, st, indices)
+
+    state, trace = jax.lax.scan(segment, state, jnp.arange(outer * inner, dtype=I32).reshape(outer, inner))
+    return state, jax.tree_util.tree_map(lambda x: x.reshape((outer * inner,) + x.shape[2:])[:steps], trace)

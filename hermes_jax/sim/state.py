@@ -31,6 +31,7 @@ class Slots(NamedTuple):
     target: jax.Array         # (R, B) int32 output tokens wanted
     order: jax.Array          # (R, B) int32 admission sequence number (older = smaller)
     alloc: jax.Array          # (R, B) int32 tokens of KV blocks allocated
+    shift: jax.Array          # (R, B) float32 s, always 0: carries the anchored estimator's gradient correction
 
 
 class Records(NamedTuple):
@@ -56,6 +57,7 @@ class SimState(NamedTuple):
     head: jax.Array           # (R,) int32 ring position of the oldest waiting request
     tail: jax.Array           # (R,) int32 ring position after the newest
     admitted: jax.Array       # (R,) int32 admissions so far (source of Slots.order)
+    last_tau: jax.Array       # (R,) float32 s, duration of the iteration that ended at ``clock`` (0 after idle)
     routed: jax.Array         # () int32 requests routed so far (round robin)
     deferred: jax.Array       # () int32 steps whose iteration cap was reached before the step ended
     records: Records
