@@ -1,0 +1,82 @@
+"""Bad scenarios and traces fail with the file, line and field; nothing is dropped silently."""
+
+import numpy as np
+import pytest
+
+from hermes_jax.errors import ConfigError
+from hermes_jax.sim import DEFAULT_SCENARIO, load_scenario, simulate
+from hermes_jax.sim.workload import build_workload, read_trace
+
+GOOD_CSV = "arrival_s,input_tokens,output_tokens\n0.0,10,5\n0.5,20,6\n1.0,30,7\n"
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("text,where,what", [
+    ("arrival_s,input_tokens\n0.0,10\n", ":1:", "missing column"),
+    ("arrival_s,input_tokens,output_tokens\n0.0,10,5\n0.5,abc,6\n", ":3:", "input_tokens"),
+    ("arrival_s,input_tokens,output_tokens\n0.0,10,5\n0.5,20,-6\n", ":3:", "output_tokens"),
+    ("arrival_s,input_tokens,output_tokens\n0.0,10,5\nnan,20,6\n", ":3:", "arrival_s"),
+    ("arrival_s,input_tokens,output_tokens\n0.0,10,5\n2.0,20,6\n1.0,30,7\n", ":4:", "non-decreasing"),
+])
+def test_bad_csv_trace_names_file_and_line(tmp_path, text, where, what):
+    path = write(tmp_path, "t.csv", text)
+    with pytest.raises(ConfigError, match=what) as err:
+        read_trace(path, "csv")
+    assert f"{path}{where}" in str(err.value)
+
+
+def test_bad_mooncake_and_azure_rows(tmp_path):
+    moon = write(tmp_path, "m.jsonl", '{"timestamp": 0, "input_length": 5, "output_length": 2}\n{"timestamp": 1,\n')
+    with pytest.raises(ConfigError, match=r"m\.jsonl:2: invalid JSON"):
+        read_trace(moon, "mooncake")
+    moon = write(tmp_path, "m2.jsonl", '{"timestamp": 0, "input_length": 5}\n')
+    with pytest.raises(ConfigError, match=r"m2\.jsonl:1: missing field 'output_length'"):
+        read_trace(moon, "mooncake")
+    azure = write(tmp_path, "a.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,374,44\nyesterday,3,4\n")
+    with pytest.raises(ConfigError, match=r"a\.csv:3: TIMESTAMP"):
+        read_trace(azure, "azure")
+
+
+def test_scenario_errors_name_file_line_field_and_allowed_values(tmp_path):
+    text = DEFAULT_SCENARIO.read_text().replace('scheduler = "continuous"', 'scheduler = "fifo"')
+    path = write(tmp_path, "s.toml", text)
+    line = 1 + text.splitlines().index(next(l for l in text.splitlines() if l.startswith("scheduler")))
+    with pytest.raises(ConfigError) as err:
+        load_scenario(path)
+    message = str(err.value)
+    assert f"s.toml:{line}" in message and "scheduler" in message and "static, continuous, chunked" in message
+    with pytest.raises(ConfigError, match="unknown field; allowed"):
+        load_scenario(DEFAULT_SCENARIO, ["engine.e0.batchsize=3"])
+    with pytest.raises(ConfigError, match="no client named 'nope'"):
+        load_scenario(DEFAULT_SCENARIO, ["client.nope.arrival.rate_per_s=3"])
+    with pytest.raises(ConfigError, match=r"--set"):
+        load_scenario(DEFAULT_SCENARIO, ["engine.e0.tp=0"])
+
+
+def test_trace_replay_scaling_window_and_synthetic_arrivals(tmp_path):
+    path = write(tmp_path, "t.csv", GOOD_CSV)
+    scenario = load_scenario(DEFAULT_SCENARIO, [f'client.chat.trace={{path="{path}",format="csv",rate_scale=2.0,start_s=0.5}}'])
+    w = build_workload(scenario)
+    np.testing.assert_allclose(w.arrival_s, [0.0, 0.25])          # window from 0.5 s, gaps halved
+    np.testing.assert_array_equal(w.input_tokens, [20, 30])
+    scenario = load_scenario(DEFAULT_SCENARIO, [f'client.chat.trace={{path="{path}",format="csv",'
+                                                'arrival={process="poisson",rate_per_s=50.0}}', "client.chat.max_requests=7"])
+    w = build_workload(scenario)
+    assert len(w) == 7 and list(w.input_tokens) == [10, 20, 30, 10, 20, 30, 10]   # lengths in order, cycled
+
+
+def test_too_long_requests_are_rejected_and_running_ones_reported_unfinished():
+    scenario = load_scenario(DEFAULT_SCENARIO, ["simulation.horizon_s=4", "engine.e0.max_batch_tokens=300000",
+                                                'client.chat.input_tokens={dist="uniform",low=100,high=200000}'])
+    df = simulate(scenario).requests
+    too_long = df.input_tokens + df.output_tokens > 131072
+    assert too_long.any() and (df.status[too_long] == "rejected").all()
+    assert set(df.reject_reason[too_long]) == {"longer than the model context"}
+    assert (df.status[~too_long] != "rejected").all()
+    assert (df.status == "unfinished").any()          # still running at the horizon, listed
+    assert len(df) == len(build_workload(scenario))
