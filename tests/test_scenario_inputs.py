@@ -80,3 +80,9 @@ def test_too_long_requests_are_rejected_and_running_ones_reported_unfinished():
     assert (df.status[~too_long] != "rejected").all()
     assert (df.status == "unfinished").any()          # still running at the horizon, listed
     assert len(df) == len(build_workload(scenario))
+
+
+def test_progress_bar_reaches_the_end(capfd):
+    simulate(load_scenario(DEFAULT_SCENARIO, ["simulation.horizon_s=2"]), progress=True)
+    err = capfd.readouterr().err
+    assert "e0 [" in err and "100.0%" in err

@@ -81,7 +81,7 @@ def run_cli(scenario_path: str | None, out: str | None, overrides: list[str]) ->
     start = time.perf_counter()
     print(f"simulating {path} (horizon {scenario.simulation.horizon_s:g} s, dt {scenario.simulation.dt_s:g} s) ...",
           flush=True)
-    results = simulate(scenario)
+    results = simulate(scenario, progress=True)
     print(f"done in {time.perf_counter() - start:.2f} s (including compilation)")
     print_summary(results)
     if out:

@@ -84,7 +84,7 @@ def simulate(scenario: Scenario, workload: Workload | None = None, progress: boo
         group = build_group(entry)
         cfg, req, reasons, steps = prepare(group, scenario, workload, rows)
         kv = jax.numpy.full((entry.replicas,), group.kv_blocks, jax.numpy.int32)
-        state, trace = engine_sim.run(cfg, group.replica_params(), req, kv)
+        state, trace = engine_sim.run(cfg, group.replica_params(), req, kv, False, entry.name if progress else "")
         fill_records(df, rows, state, reasons, dt)
         extra["deferred_steps"][entry.name] = int(state.deferred)
         extra["iterations_per_step"][entry.name] = cfg.iterations
