@@ -14,6 +14,9 @@ SCENARIOS = {
                                  'engine.e0.scheduler="chunked"', "engine.e0.max_batch_tokens=512",
                                  'client.chat.input_tokens={dist="uniform",low=100,high=900}'],
     "overload_preemption": ["simulation.horizon_s=20", "engine.e0.kv_fraction=0.25", "client.chat.arrival.rate_per_s=30"],
+    "heterogeneous_replicas": ["simulation.horizon_s=20", "simulation.dt_s=0.1", "engine.e0.replicas=2",
+                               'engine.e0.hardware=["h100-sxm", "a100-80gb"]',
+                               "client.chat.arrival.rate_per_s=12"],
 }
 
 
@@ -40,6 +43,9 @@ def test_same_outcome_per_request(pair):
         np.testing.assert_allclose(fast.requests[col], exact.requests[col], atol=1e-5, err_msg=f"{name} {col}")
     if name == "overload_preemption":
         assert fast.requests.preemptions.sum() > 0   # the scenario does exercise preemption
+    if name == "heterogeneous_replicas":   # the A100 replica is slower on the same requests
+        by = fast.requests.groupby("replica").tpot_s.mean()
+        assert set(fast.requests.replica) == {0, 1} and by[1] > 1.2 * by[0]
 
 
 def test_every_request_accounted_for(pair):

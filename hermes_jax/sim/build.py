@@ -32,14 +32,30 @@ class EngineGroup:
 
     engine: Engine
     spec: EngineSpec
-    params: HardwareParams         # one replica's parameters
-    kv_blocks: int                 # per replica
+    replica_hw: tuple[HardwareParams, ...]   # per replica (identical unless hardware lists several)
+    replica_kv: tuple[int, ...]              # KV blocks per replica
+
+    @property
+    def params(self) -> HardwareParams:
+        """The first replica's parameters (all of them for identical replicas)."""
+        return self.replica_hw[0]
+
+    @property
+    def kv_blocks(self) -> int:
+        """The smallest replica's KV blocks: a request must fit wherever the router sends it."""
+        return min(self.replica_kv)
 
     def replica_params(self) -> HardwareParams:
-        return stack([self.params] * self.engine.replicas)
+        return stack(list(self.replica_hw))
+
+    def kv_array(self):
+        return jnp.asarray(self.replica_kv, jnp.int32)
+
+    def astype(self, dtype) -> "EngineGroup":
+        return EngineGroup(self.engine, self.spec, tuple(p.astype(dtype) for p in self.replica_hw), self.replica_kv)
 
 
-def kv_capacity_blocks(spec: EngineSpec, params: HardwareParams, entry: Engine) -> int:
+def kv_capacity_blocks(spec: EngineSpec, params: HardwareParams, entry: Engine, hardware: str) -> int:
     """KV blocks per replica: the usable share of device memory minus weights and the activation
     reserve, divided by the KV bytes of one block (per device, since KV is sharded like the heads)."""
     capacity = float(np.exp(np.asarray(params.log["hbm_capacity"])))
@@ -47,7 +63,7 @@ def kv_capacity_blocks(spec: EngineSpec, params: HardwareParams, entry: Engine) 
     free = capacity * entry.kv_fraction - weights - entry.activation_reserve_gb * 1e9
     per_block = kv_bytes_per_token_per_device(spec.model, spec.parallel, spec.kv_dtype) * entry.block_size
     if free <= per_block:
-        raise ConfigError(f"engine {entry.name!r}: {spec.model.name} on {entry.hardware} (tp={entry.tp}, pp={entry.pp}) "
+        raise ConfigError(f"{spec.model.name} on {hardware} (tp={entry.tp}, pp={entry.pp}) "
                           f"leaves no room for a KV cache: {capacity * entry.kv_fraction / 1e9:.1f} GB usable, weights "
                           f"{weights / 1e9:.1f} GB, reserve {entry.activation_reserve_gb:.1f} GB per device; missing "
                           f"{(per_block - free) / 1e9:.2f} GB. Raise tp/pp, kv_fraction, or use a smaller dtype.")
@@ -57,13 +73,22 @@ def kv_capacity_blocks(spec: EngineSpec, params: HardwareParams, entry: Engine) 
 def build_group(entry: Engine) -> EngineGroup:
     if entry.preemption == "swap":
         raise ConfigError(f"[[engine]] {entry.name!r} preemption: 'swap' is not modelled yet; use 'recompute'")
+    names = entry.hardware if isinstance(entry.hardware, tuple) else (entry.hardware,) * entry.replicas
     try:
-        hw = get_hardware(entry.hardware, **entry.hardware_overrides)
-        spec = EngineSpec(get_model(entry.model), hw.spec, Parallelism(tp=entry.tp, pp=entry.pp),
-                          weight_dtype=entry.dtype, kv_dtype=entry.kv_dtype)
+        parts = {n: get_hardware(n, **entry.hardware_overrides) for n in dict.fromkeys(names)}
+        specs = {n: EngineSpec(get_model(entry.model), hw.spec, Parallelism(tp=entry.tp, pp=entry.pp),
+                               weight_dtype=entry.dtype, kv_dtype=entry.kv_dtype) for n, hw in parts.items()}
+        spec = specs[names[0]]
+        for n, other in specs.items():   # the computation's structure must not depend on the replica
+            shape = lambda e: (e.system.kind, e.system.devices_per_node, e.compute_dtype)  # noqa: E731
+            if shape(other) != shape(spec):
+                raise ConfigError(f"hardware {n!r} differs from {names[0]!r} in kind, devices per node or compute "
+                                  f"dtype ({shape(other)} vs {shape(spec)}); replicas behind one router may differ "
+                                  "only in parameters")
+        kv = {n: kv_capacity_blocks(spec, hw.params, entry, n) for n, hw in parts.items()}
     except ConfigError as exc:
         raise ConfigError(f"[[engine]] {entry.name!r}: {exc}") from None
-    return EngineGroup(entry, spec, hw.params, kv_capacity_blocks(spec, hw.params, entry))
+    return EngineGroup(entry, spec, tuple(parts[n].params for n in names), tuple(kv[n] for n in names))
 
 
 def iterations_per_step(group: EngineGroup, dt: float, arrivals_per_step: int, cap: int = 0) -> tuple[int, int]:

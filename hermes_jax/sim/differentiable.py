@@ -58,7 +58,7 @@ class DifferentiableSim:
         self.group = build_group(entry)
         cfg, self.requests, reasons, _ = prepare(self.group, scenario, workload, rows)
         self.cfg = type(cfg)(**{**cfg.__dict__, "estimator": estimator})
-        self.kv = jnp.full((entry.replicas,), self.group.kv_blocks, jnp.int32)
+        self.kv = self.group.kv_array()
         self.params: HardwareParams = self.group.params
         self.dt = scenario.simulation.dt_s
         self.checkpoint = checkpoint

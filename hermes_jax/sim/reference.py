@@ -55,8 +55,6 @@ def _run_group(group, scenario, workload, rows, df):
     e = group.engine
     sched = SCHEDULERS[e.scheduler]
     B, bs, budget, M = e.max_batch_size, e.block_size, e.max_batch_tokens, admission_window(e)
-    capacity = group.kv_blocks
-    params = group.params
     horizon = scenario.simulation.horizon_s
     arrival = workload.arrival_s[rows]
     inputs, outputs = workload.input_tokens[rows], workload.output_tokens[rows]
@@ -75,6 +73,7 @@ def _run_group(group, scenario, workload, rows, df):
     def start(r: int, now: float):
         nonlocal seq
         rep = replicas[r]
+        capacity, params = group.replica_kv[r], group.replica_hw[r]
         active = rep.req >= 0
         # admission: FCFS prefix of the queue that fits slots, KV blocks and the token budget
         cand = rep.queue[:M]
@@ -149,7 +148,7 @@ def _run_group(group, scenario, workload, rows, df):
             elif e.router == "least_outstanding":
                 r = int(np.argmin([(rep.req >= 0).sum() + len(rep.queue) for rep in replicas]))
             else:
-                r = int(np.argmin([_blocks(rep.alloc, bs).sum() / capacity for rep in replicas]))
+                r = int(np.argmin([_blocks(rep.alloc, bs).sum() / group.replica_kv[k] for k, rep in enumerate(replicas)]))
             routed += 1
             replica_of[who] = r
             replicas[r].queue.append((who, -1))
@@ -183,7 +182,7 @@ def simulate_reference(scenario: Scenario, workload: Workload | None = None) -> 
             group = build_group(entry)
             # float64 kernels where JAX allows it; event times are Python floats either way
             precise = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-            group = type(group)(group.engine, group.spec, group.params.astype(precise), group.kv_blocks)
+            group = group.astype(precise)
             _run_group(group, scenario, workload, rows, df)
     df = derived_columns(df)
     return Results(df, pd.DataFrame(), summarize(df, pd.DataFrame(), scenario))

@@ -105,7 +105,7 @@ class Simulation:
 class Engine:
     name: str
     model: str
-    hardware: str
+    hardware: str | tuple[str, ...]   # a catalog name, or one per replica (heterogeneous replicas)
     dtype: str = "bf16"
     kv_dtype: str = ""
     tp: int = 1
@@ -131,15 +131,24 @@ class Engine:
         if not isinstance(name, str) or not name:
             raise where.error("engine", index, "", "name", "required (a non-empty string)")
         _check_keys(where, "engine", index, name, data, set(Engine.FIELDS))
-        for key in ("model", "hardware"):
-            if not isinstance(data.get(key), str):
-                raise where.error("engine", index, name, key, "required (a catalog name)")
+        if not isinstance(data.get("model"), str):
+            raise where.error("engine", index, name, "model", "required (a catalog name)")
+        hardware = data.get("hardware")
+        if isinstance(hardware, list) and hardware and all(isinstance(h, str) for h in hardware):
+            # one entry per replica: heterogeneous replicas of the same model behind one router
+            data = {"replicas": len(hardware), **data}
+            if data["replicas"] != len(hardware):
+                raise where.error("engine", index, name, "replicas", f"is {data['replicas']} but hardware lists "
+                                  f"{len(hardware)} entries (one per replica)")
+            hardware = tuple(hardware)
+        elif not isinstance(hardware, str):
+            raise where.error("engine", index, name, "hardware", "required (a catalog name, or a list of one per replica)")
         ints = {k: _positive(where, "engine", index, name, data, k, getattr(Engine, k), integer=True)
                 for k in ("tp", "pp", "replicas", "max_batch_size", "max_batch_tokens", "block_size")}
         fraction = _positive(where, "engine", index, name, data, "kv_fraction", 0.9)
         if fraction > 1:
             raise where.error("engine", index, name, "kv_fraction", f"must be in (0, 1], got {fraction}")
-        return Engine(name=name, model=data["model"], hardware=data["hardware"], dtype=data.get("dtype", "bf16"),
+        return Engine(name=name, model=data["model"], hardware=hardware, dtype=data.get("dtype", "bf16"),
                       kv_dtype=data.get("kv_dtype", ""), **ints, kv_fraction=fraction,
                       activation_reserve_gb=_positive(where, "engine", index, name, data, "activation_reserve_gb", 2.0,
                                                       allow_zero=True),

@@ -83,12 +83,12 @@ def simulate(scenario: Scenario, workload: Workload | None = None, progress: boo
             continue
         group = build_group(entry)
         cfg, req, reasons, steps = prepare(group, scenario, workload, rows)
-        kv = jax.numpy.full((entry.replicas,), group.kv_blocks, jax.numpy.int32)
+        kv = group.kv_array()
         state, trace = engine_sim.run(cfg, group.replica_params(), req, kv, False, entry.name if progress else "")
         fill_records(df, rows, state, reasons, dt)
         extra["deferred_steps"][entry.name] = int(state.deferred)
         extra["iterations_per_step"][entry.name] = cfg.iterations
-        extra["kv_blocks"][entry.name] = group.kv_blocks
+        extra["kv_blocks"][entry.name] = list(group.replica_kv)
         series.append(timeseries_frame(entry.name, trace, dt, group))
         capability[entry.name] = (float(group.params.peak(group.spec.compute_dtype)), float(group.params.hbm_bandwidth))
     df = derived_columns(df)
@@ -128,6 +128,6 @@ def timeseries_frame(name: str, trace, dt: float, group: EngineGroup) -> pd.Data
     steps, replicas = t.batch.shape
     time = np.repeat(np.arange(steps) * dt, replicas)
     return pd.DataFrame({"engine": name, "replica": np.tile(np.arange(replicas), steps), "time_s": time,
-                         "batch": t.batch.reshape(-1), "kv_used": (t.kv_blocks / group.kv_blocks).reshape(-1),
+                         "batch": t.batch.reshape(-1), "kv_used": (t.kv_blocks / np.asarray(group.replica_kv)).reshape(-1),
                          "busy": (t.busy_s / dt).reshape(-1), "queued": t.queued.reshape(-1),
                          "flop": t.flop.reshape(-1), "bytes": t.bytes.reshape(-1)})
