@@ -1,6 +1,8 @@
 """The time-stepped simulator against the exact event-driven reference, queueing identities and
 request conservation. Horizons are short so CI stays fast; each scenario compiles once."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -14,15 +16,25 @@ SCENARIOS = {
                                  'engine.e0.scheduler="chunked"', "engine.e0.max_batch_tokens=512",
                                  'client.chat.input_tokens={dist="uniform",low=100,high=900}'],
     "overload_preemption": ["simulation.horizon_s=20", "engine.e0.kv_fraction=0.25", "client.chat.arrival.rate_per_s=30"],
+    "priority_two_clients": ["simulation.horizon_s=20", "client.chat.arrival.rate_per_s=25", 'engine.e0.queue_order="priority"',
+                             "engine.e0.max_batch_size=8", "client.chat.priority=1"],
     "heterogeneous_replicas": ["simulation.horizon_s=20", "simulation.dt_s=0.1", "engine.e0.replicas=2",
                                'engine.e0.hardware=["h100-sxm", "a100-80gb"]',
                                "client.chat.arrival.rate_per_s=12"],
 }
 
 
+def with_vip(scenario):
+    """Add a second client at priority 0 (served before chat's priority 1)."""
+    vip = dataclasses.replace(scenario.clients[0], name="vip", priority=0, arrival={"process": "poisson", "rate_per_s": 5.0})
+    return dataclasses.replace(scenario, clients=scenario.clients + (vip,))
+
+
 @pytest.fixture(scope="module", params=sorted(SCENARIOS))
 def pair(request):
     scenario = load_scenario(DEFAULT, SCENARIOS[request.param])
+    if request.param.startswith("priority"):
+        scenario = with_vip(scenario)
     return request.param, scenario, simulate(scenario), simulate_reference(scenario)
 
 
@@ -43,6 +55,9 @@ def test_same_outcome_per_request(pair):
         np.testing.assert_allclose(fast.requests[col], exact.requests[col], atol=1e-5, err_msg=f"{name} {col}")
     if name == "overload_preemption":
         assert fast.requests.preemptions.sum() > 0   # the scenario does exercise preemption
+    if name == "priority_two_clients":   # the priority client waits less than the other under contention
+        wait = fast.requests.groupby("client").queueing_s.mean()
+        assert wait["vip"] < 0.5 * wait["chat"]
     if name == "heterogeneous_replicas":   # the A100 replica is slower on the same requests
         by = fast.requests.groupby("replica").tpot_s.mean()
         assert set(fast.requests.replica) == {0, 1} and by[1] > 1.2 * by[0]

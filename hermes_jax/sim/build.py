@@ -125,8 +125,10 @@ def reject_reasons(group: EngineGroup, workload: Workload, mask: np.ndarray) -> 
 
 
 def admission_window(entry: Engine) -> int:
-    """Queue entries examined per admission decision (both simulators use the same window)."""
-    return max(1, min(entry.max_batch_size, 128))
+    """Queue entries examined per admission decision (both simulators use the same window). FCFS
+    admits a prefix of at most max_batch_size; priority order looks 256 deep (a request further
+    back waits for the window to reach it)."""
+    return 256 if entry.queue_order == "priority" else max(1, min(entry.max_batch_size, 128))
 
 
 def group_config(group: EngineGroup, scenario: Scenario, arrivals_per_step: int, queue: int) -> GroupConfig:
@@ -135,14 +137,18 @@ def group_config(group: EngineGroup, scenario: Scenario, arrivals_per_step: int,
     return GroupConfig(spec=group.spec, replicas=e.replicas, slots=e.max_batch_size, queue=queue,
                        admit=admission_window(e),
                        block_size=e.block_size, max_batch_tokens=e.max_batch_tokens, scheduler=SCHEDULERS[e.scheduler],
-                       router=e.router, dt=sim.dt_s, iterations=iterations, fast_forward=width, arrivals=arrivals_per_step)
+                       router=e.router, dt=sim.dt_s, iterations=iterations, fast_forward=width, arrivals=arrivals_per_step,
+                       priority=e.queue_order == "priority")
 
 
-def device_requests(arrival_s: np.ndarray, input_tokens, output_tokens, admissible, dt: float, horizon: float):
+def device_requests(arrival_s: np.ndarray, input_tokens, output_tokens, admissible, dt: float, horizon: float,
+                    priority=None):
     """Requests as device arrays plus the per-step index of the first arrival (S + 1 entries)."""
     steps = int(math.ceil(horizon / dt))
     step = np.floor(arrival_s / dt).astype(np.int64)
     first = np.searchsorted(step, np.arange(steps + 1), side="left").astype(np.int32)
     return Requests(arrival_step=jnp.asarray(step, jnp.int32), arrival_off=jnp.asarray(arrival_s - step * dt, jnp.float32),
                     input_tokens=jnp.asarray(input_tokens, jnp.int32), output_tokens=jnp.asarray(output_tokens, jnp.int32),
-                    admissible=jnp.asarray(admissible), step_first=jnp.asarray(first)), steps
+                    admissible=jnp.asarray(admissible),
+                    priority=jnp.asarray(np.zeros(len(arrival_s)) if priority is None else priority, jnp.int32),
+                    step_first=jnp.asarray(first)), steps

@@ -53,6 +53,7 @@ class GroupConfig:
     fast_forward: int          # W, pure-decode iterations evaluated at once after a decision (0: off)
     arrivals: int              # cap on arrivals per step (max over the trace)
     estimator: object = Pathwise()   # how admission decisions enter gradients (see estimators.py)
+    priority: bool = False     # admit by request priority (smaller first), then queue order; else FCFS
 
 
 def init(cfg: GroupConfig, n_requests: int) -> SimState:
@@ -137,8 +138,10 @@ def _route(cfg: GroupConfig, state: SimState, req: Requests, kv_capacity, s):
 # ------------------------------------------------------------------------------------------ one replica
 def _admit(cfg: GroupConfig, req: Requests, s, kv_capacity, now, last_tau, slots: Slots, queue, queue_done, head, tail,
            admitted):
-    """Admission: the FCFS prefix of the queue that has arrived by ``now`` and fits the free slots,
-    KV blocks and token budget. Returns the new slots, head, admitted and admit events (B,)."""
+    """Admission over the first M queue entries: those that have arrived by ``now``, taken in queue
+    order (FCFS) or by priority then queue order, stopping at the first that does not fit the free
+    slots, KV blocks or token budget. The rest of the window closes up behind the new head.
+    Returns the new slots, queue, queue_done, head, admitted, admit events (B,) and gates (B,)."""
     B, M, Q, bs = cfg.slots, cfg.admit, cfg.queue, cfg.block_size
     dt = jnp.asarray(cfg.dt, F32)
     active = slots.req >= 0
@@ -147,21 +150,27 @@ def _admit(cfg: GroupConfig, req: Requests, s, kv_capacity, now, last_tau, slots
     in_queue = j < (tail - head)
     arrival = (req.arrival_step[cand] - s).astype(F32) * dt + req.arrival_off[cand]
     history = queue_done[(head + j) % Q]
-    done_before = jnp.maximum(history, 0)
-    prompt = req.input_tokens[cand] + done_before
+    arrived = in_queue & (arrival <= now)
+    if cfg.priority:   # rank arrived candidates by (priority, queue position)
+        rank = jnp.argsort(jnp.where(arrived, req.priority[cand] * M + j, 2**30))
+    else:              # the queue is in arrival order: its arrived part is a prefix
+        rank = j
+    cand_r, history_r, arrival_r = cand[rank], history[rank], arrival[rank]
+    done_before = jnp.maximum(history_r, 0)
+    prompt = req.input_tokens[cand_r] + done_before
     used_blocks = _blocks(slots.alloc, bs).sum()
     prefill_now = jnp.where(active, slots.prompt_left, 0).sum()
     n_active = active.sum()
-    ok = (in_queue & (arrival <= now) & (j < B - n_active)
+    ok = (arrived[rank] & (j < B - n_active)
           & (_cumsum(_blocks(prompt, bs)) <= kv_capacity - used_blocks)
           & (prefill_now + _cumsum(cfg.scheduler.admission_tokens(jnp, prompt)) <= cfg.max_batch_tokens)
           & cfg.scheduler.may_admit(jnp, n_active))
-    n_admit = _prefix_length(ok)                                  # FCFS: stop at the first that cannot join
-    shift = cfg.estimator.shift(now, arrival, last_tau)
+    n_admit = _prefix_length(ok)                                  # stop at the first that cannot join
+    shift = cfg.estimator.shift(now, arrival_r, last_tau)
     free_rank = jnp.where(active, B, _cumsum(~active) - 1)
     take = (~active) & (free_rank < n_admit)
     pick = jnp.clip(free_rank, 0, M - 1)
-    new_req = cand[pick]
+    new_req = cand_r[pick]
     slots = Slots(req=jnp.where(take, new_req, slots.req),
                   prompt_left=jnp.where(take, prompt[pick], slots.prompt_left),
                   context=jnp.where(take, 0, slots.context),
@@ -170,22 +179,39 @@ def _admit(cfg: GroupConfig, req: Requests, s, kv_capacity, now, last_tau, slots
                   order=jnp.where(take, admitted + pick, slots.order),
                   alloc=jnp.where(take, prompt[pick], slots.alloc),
                   shift=jnp.where(take, shift[pick], slots.shift))
-    gate = jnp.where(take, cfg.estimator.gate(now + shift - arrival)[pick], 1.0).astype(F32)
-    return slots, head + n_admit, admitted + n_admit, jnp.where(take & (history[pick] < 0), new_req, -1), gate
+    gate = jnp.where(take, cfg.estimator.gate(now + shift - arrival_r)[pick], 1.0).astype(F32)
+    if cfg.priority:   # close up: the window entries not admitted keep their order behind the new head
+        taken = jnp.zeros(M, bool).at[rank].set(j < n_admit)
+        keep = in_queue & ~taken
+        to = jnp.where(keep, (head + n_admit + _cumsum(keep) - 1) % Q, Q)
+        queue = queue.at[to].set(cand, mode="drop")
+        queue_done = queue_done.at[to].set(history, mode="drop")
+    events = jnp.where(take & (history_r[pick] < 0), new_req, -1)
+    return slots, queue, queue_done, head + n_admit, admitted + n_admit, events, gate
 
 
 def _head_admissible(cfg: GroupConfig, req: Requests, s, kv_capacity, now, slots: Slots, queue, queue_done, head,
                      tail):
-    """Whether the oldest waiting request would join at ``now`` (``now`` may have a leading axis).
-    FCFS: if it cannot, no one can."""
-    Q, bs = cfg.queue, cfg.block_size
+    """Whether admission at ``now`` would take anyone (``now`` may have a leading axis W): the first
+    candidate in admission order (the queue head, or the best-priority arrived request of the
+    window) fits. If it does not, no one joins."""
+    Q, bs, M = cfg.queue, cfg.block_size, cfg.admit
     active = slots.req >= 0
     n_active = active.sum()
-    nxt = queue[head % Q]
-    prompt = req.input_tokens[nxt] + jnp.maximum(queue_done[head % Q], 0)
-    arrival = (req.arrival_step[nxt] - s).astype(F32) * jnp.asarray(cfg.dt, F32) + req.arrival_off[nxt]
+    if cfg.priority:
+        j = jnp.arange(M)
+        cand = queue[(head + j) % Q]
+        arrival = (req.arrival_step[cand] - s).astype(F32) * jnp.asarray(cfg.dt, F32) + req.arrival_off[cand]
+        arrived = (j < tail - head) & (arrival <= jnp.expand_dims(now, -1))           # (..., M)
+        best = jnp.argmin(jnp.where(arrived, req.priority[cand] * M + j, 2**30), axis=-1)
+        nxt, done, any_arrived = cand[best], queue_done[(head + best) % Q], arrived.any(-1)
+    else:
+        nxt, done = queue[head % Q], queue_done[head % Q]
+        arrival = (req.arrival_step[nxt] - s).astype(F32) * jnp.asarray(cfg.dt, F32) + req.arrival_off[nxt]
+        any_arrived = (tail > head) & (arrival <= now)
+    prompt = req.input_tokens[nxt] + jnp.maximum(done, 0)
     prefill_now = jnp.where(active, slots.prompt_left, 0).sum()
-    return ((tail > head) & (arrival <= now) & (n_active < cfg.slots) & cfg.scheduler.may_admit(jnp, n_active)
+    return (any_arrived & (n_active < cfg.slots) & cfg.scheduler.may_admit(jnp, n_active)
             & (_blocks(prompt, bs) <= kv_capacity - _blocks(slots.alloc, bs).sum(-1))
             & (prefill_now + cfg.scheduler.admission_tokens(jnp, prompt) <= cfg.max_batch_tokens))
 
@@ -221,9 +247,9 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
 
     # --- admission
     admit = _head_admissible(cfg, req, s, kv_capacity, now, slots, queue, queue_done, head, tail)
-    slots, head, admitted, admit_event, gate = _cond(
+    slots, queue, queue_done, head, admitted, admit_event, gate = _cond(
         admit, lambda: _admit(cfg, req, s, kv_capacity, now, last_tau, slots, queue, queue_done, head, tail, admitted),
-        (slots, head, admitted, nobody, jnp.ones(B, F32)))
+        (slots, queue, queue_done, head, admitted, nobody, jnp.ones(B, F32)))
     active = slots.req >= 0
 
     # --- batch composition and KV check: preempt the newest requests (recompute) until it fits

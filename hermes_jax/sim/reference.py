@@ -58,6 +58,7 @@ def _run_group(group, scenario, workload, rows, df):
     horizon = scenario.simulation.horizon_s
     arrival = workload.arrival_s[rows]
     inputs, outputs = workload.input_tokens[rows], workload.output_tokens[rows]
+    priority = np.array([c.priority for c in scenario.clients])[workload.client[rows]]
     reasons = reject_reasons(group, workload, np.ones(len(workload), bool))[rows]
     n = len(rows)
     out = {k: np.full(n, np.nan) for k in ("admit", "first", "finish")}
@@ -78,27 +79,33 @@ def _run_group(group, scenario, workload, rows, df):
         # admission: FCFS prefix of the queue that fits slots, KV blocks and the token budget
         cand = rep.queue[:M]
         if cand and sched.may_admit(np, int(active.sum())):
+            order = range(len(cand))
+            if e.queue_order == "priority":   # by priority, then queue position; all queued have arrived
+                order = sorted(order, key=lambda k: (priority[cand[k][0]], k))
             free_slots = B - int(active.sum())
             free_blocks = capacity - int(_blocks(rep.alloc, bs).sum())
             prefill_now = int(np.where(active, rep.prompt_left, 0).sum())
-            take, blocks, tokens = 0, 0, 0
-            for i, done in cand:
+            chosen, blocks, tokens = [], 0, 0
+            for k in order:
+                i, done = cand[k]
                 prompt = int(inputs[i]) + max(done, 0)
                 blocks += int(_blocks(prompt, bs))
                 tokens += int(sched.admission_tokens(np, prompt))
-                if take >= free_slots or blocks > free_blocks or prefill_now + tokens > budget:
+                if len(chosen) >= free_slots or blocks > free_blocks or prefill_now + tokens > budget:
                     break
-                take += 1
+                chosen.append(k)
             empty = np.flatnonzero(~active)
-            for k, (i, done) in enumerate(rep.queue[:take]):
-                b = empty[k]
+            for n, k in enumerate(chosen):
+                i, done = cand[k]
+                b = empty[n]
                 prompt = int(inputs[i]) + max(done, 0)
                 rep.req[b], rep.prompt_left[b], rep.context[b] = i, prompt, 0
-                rep.generated[b], rep.target[b], rep.order[b], rep.alloc[b] = max(done, 0), outputs[i], rep.admitted + k, prompt
+                rep.generated[b], rep.target[b], rep.order[b], rep.alloc[b] = max(done, 0), outputs[i], rep.admitted + n, prompt
                 if done < 0:
                     out["admit"][i] = now
-            rep.queue = rep.queue[take:]
-            rep.admitted += take
+            taken = set(chosen)
+            rep.queue = [entry for k, entry in enumerate(cand) if k not in taken] + rep.queue[len(cand):]
+            rep.admitted += len(chosen)
         active = rep.req >= 0
         if not active.any():
             rep.busy = False

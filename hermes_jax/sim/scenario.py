@@ -22,6 +22,7 @@ from ..tomlio import load_toml, tomllib
 SCHEDULERS = ("static", "continuous", "chunked")
 ROUTERS = ("round_robin", "least_outstanding", "least_kv")
 PREEMPTION = ("recompute", "swap")
+QUEUE_ORDERS = ("fcfs", "priority")
 ARRIVALS = ("poisson", "gamma", "deterministic")
 LENGTHS = ("fixed", "uniform", "lognormal", "empirical")
 TRACE_FORMATS = ("azure", "mooncake", "csv")
@@ -119,11 +120,12 @@ class Engine:
     activation_reserve_gb: float = 2.0  # GB per device kept for activations and buffers
     preemption: str = "recompute"
     router: str = "round_robin"
+    queue_order: str = "fcfs"      # or "priority": clients' priority (smaller first), then arrival
     hardware_overrides: dict = field(default_factory=dict)
 
     FIELDS = ("name", "model", "hardware", "dtype", "kv_dtype", "tp", "pp", "replicas", "scheduler", "max_batch_size",
               "max_batch_tokens", "block_size", "kv_fraction", "activation_reserve_gb", "preemption", "router",
-              "hardware_overrides")
+              "queue_order", "hardware_overrides")
 
     @staticmethod
     def parse(data: dict, index: int, where: _Where) -> "Engine":
@@ -155,6 +157,7 @@ class Engine:
                       scheduler=_choice(where, "engine", index, name, data, "scheduler", SCHEDULERS, "continuous"),
                       preemption=_choice(where, "engine", index, name, data, "preemption", PREEMPTION, "recompute"),
                       router=_choice(where, "engine", index, name, data, "router", ROUTERS, "round_robin"),
+                      queue_order=_choice(where, "engine", index, name, data, "queue_order", QUEUE_ORDERS, "fcfs"),
                       hardware_overrides=dict(data.get("hardware_overrides", {})))
 
 

@@ -64,8 +64,9 @@ def prepare(group: EngineGroup, scenario: Scenario, workload: Workload, rows: np
     """Static config and device inputs of one engine group; also the up-front reject reasons."""
     sim = scenario.simulation
     reasons = reject_reasons(group, workload, np.ones(len(workload), bool))[rows]
+    priority = np.array([c.priority for c in scenario.clients])[workload.client[rows]]
     req, steps = device_requests(workload.arrival_s[rows], workload.input_tokens[rows], workload.output_tokens[rows],
-                                 reasons == 0, sim.dt_s, sim.horizon_s)
+                                 reasons == 0, sim.dt_s, sim.horizon_s, priority)
     per_step = np.diff(np.asarray(req.step_first))
     cfg = group_config(group, scenario, max(int(per_step.max(initial=0)), 1), queue=max(len(rows), 1))
     return cfg, req, reasons, steps

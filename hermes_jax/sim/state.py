@@ -18,6 +18,7 @@ class Requests(NamedTuple):
     input_tokens: jax.Array   # (N,) int32 tokens
     output_tokens: jax.Array  # (N,) int32 tokens (>= 1)
     admissible: jax.Array     # (N,) bool, False: rejected before routing (too long for the model or KV)
+    priority: jax.Array       # (N,) int32, smaller is admitted first when the engine orders by priority
     step_first: jax.Array     # (S + 1,) int32, index of the first request arriving in each step
 
 
