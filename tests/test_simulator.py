@@ -51,8 +51,10 @@ def test_same_outcome_per_request(pair):
     name, _, fast, exact = pair
     assert (fast.requests.status == exact.requests.status).all(), name
     assert (fast.requests.preemptions == exact.requests.preemptions).all(), name
-    for col in ("admit_s", "first_token_s", "finish_s"):   # continuous event times, float32 offsets
+    for col in ("admit_s", "first_token_s", "finish_s", "itl_max_s"):   # continuous times, float32 offsets
         np.testing.assert_allclose(fast.requests[col], exact.requests[col], atol=1e-5, err_msg=f"{name} {col}")
+    done = fast.requests[fast.requests.status == "finished"]
+    assert (done.itl_max_s >= done.tpot_s - 1e-6).all()     # the longest gap is at least the mean gap
     if name == "overload_preemption":
         assert fast.requests.preemptions.sum() > 0   # the scenario does exercise preemption
     if name == "priority_two_clients":   # the priority client waits less than the other under contention

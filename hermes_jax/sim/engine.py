@@ -60,11 +60,13 @@ def init(cfg: GroupConfig, n_requests: int) -> SimState:
     R, B, N = cfg.replicas, cfg.slots, n_requests
     zeros = jnp.zeros((R, B), I32)
     slots = Slots(req=jnp.full((R, B), -1, I32), prompt_left=zeros, context=zeros, generated=zeros, target=zeros,
-                  order=zeros, alloc=zeros, shift=jnp.zeros((R, B), F32))
+                  order=zeros, alloc=zeros, shift=jnp.zeros((R, B), F32), last_token=jnp.zeros((R, B), F32),
+                  max_gap=jnp.zeros((R, B), F32))
     never = jnp.full((N,), -1, I32)
     records = Records(replica=never, admit_step=never, admit_off=jnp.zeros(N, F32), first_step=never,
                       first_off=jnp.zeros(N, F32), finish_step=never, finish_off=jnp.zeros(N, F32),
-                      preemptions=jnp.zeros(N, I32), generated=jnp.zeros(N, I32), rejected=jnp.zeros(N, bool))
+                      preemptions=jnp.zeros(N, I32), generated=jnp.zeros(N, I32), rejected=jnp.zeros(N, bool),
+                      max_itl=jnp.zeros(N, F32), last_step=never, last_off=jnp.zeros(N, F32))
     return SimState(slots=slots, clock=jnp.zeros(R, F32), queue=jnp.zeros((R, cfg.queue), I32),
                     queue_done=jnp.zeros((R, cfg.queue), I32), head=jnp.zeros(R, I32), tail=jnp.zeros(R, I32), admitted=jnp.zeros(R, I32),
                     last_tau=jnp.zeros(R, F32),
@@ -137,7 +139,7 @@ def _route(cfg: GroupConfig, state: SimState, req: Requests, kv_capacity, s):
 
 # ------------------------------------------------------------------------------------------ one replica
 def _admit(cfg: GroupConfig, req: Requests, s, kv_capacity, now, last_tau, slots: Slots, queue, queue_done, head, tail,
-           admitted):
+           admitted, rec: Records):
     """Admission over the first M queue entries: those that have arrived by ``now``, taken in queue
     order (FCFS) or by priority then queue order, stopping at the first that does not fit the free
     slots, KV blocks or token budget. The rest of the window closes up behind the new head.
@@ -178,7 +180,11 @@ def _admit(cfg: GroupConfig, req: Requests, s, kv_capacity, now, last_tau, slots
                   target=jnp.where(take, req.output_tokens[new_req], slots.target),
                   order=jnp.where(take, admitted + pick, slots.order),
                   alloc=jnp.where(take, prompt[pick], slots.alloc),
-                  shift=jnp.where(take, shift[pick], slots.shift))
+                  shift=jnp.where(take, shift[pick], slots.shift),
+                  # a request back from preemption resumes its inter-token record
+                  last_token=jnp.where(take, (rec.last_step[new_req] - s).astype(F32) * dt + rec.last_off[new_req],
+                                       slots.last_token),
+                  max_gap=jnp.where(take, jnp.where(history_r[pick] >= 0, rec.max_itl[new_req], 0.0), slots.max_gap))
     gate = jnp.where(take, cfg.estimator.gate(now + shift - arrival_r)[pick], 1.0).astype(F32)
     if cfg.priority:   # close up: the window entries not admitted keep their order behind the new head
         taken = jnp.zeros(M, bool).at[rank].set(j < n_admit)
@@ -235,7 +241,7 @@ def _preempt(cfg: GroupConfig, kv_capacity, new, slots: Slots, queue, queue_done
     return slots._replace(req=jnp.where(evict, -1, slots.req)), queue, queue_done, head - n_evict, event
 
 
-def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capacity, carry):
+def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capacity, carry, rec: Records):
     """One scheduler decision plus one engine iteration on one replica (then fast-forwarded decode
     iterations); returns the carry and the events (B,). Admission and preemption sit behind
     ``lax.cond`` on cheap tests, so a single replica skips them when nothing can happen."""
@@ -248,14 +254,15 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
     # --- admission
     admit = _head_admissible(cfg, req, s, kv_capacity, now, slots, queue, queue_done, head, tail)
     slots, queue, queue_done, head, admitted, admit_event, gate = _cond(
-        admit, lambda: _admit(cfg, req, s, kv_capacity, now, last_tau, slots, queue, queue_done, head, tail, admitted),
+        admit, lambda: _admit(cfg, req, s, kv_capacity, now, last_tau, slots, queue, queue_done, head, tail, admitted,
+                              rec),
         (slots, queue, queue_done, head, admitted, nobody, jnp.ones(B, F32)))
     active = slots.req >= 0
 
     # --- batch composition and KV check: preempt the newest requests (recompute) until it fits
     new = cfg.scheduler.compose(jnp, slots.prompt_left, active, slots.order, cfg.max_batch_tokens)
     need = jnp.where(active, jnp.maximum(slots.alloc, slots.context + new), 0)
-    preempt_generated = slots.generated
+    preempt_generated, preempt_last, preempt_gap = slots.generated, slots.last_token, slots.max_gap
     slots, queue, queue_done, head, preempt_event = _cond(
         _blocks(need, bs).sum() > kv_capacity, lambda: _preempt(cfg, kv_capacity, new, slots, queue, queue_done, head),
         (slots, queue, queue_done, head, nobody))
@@ -278,8 +285,11 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
     finish_event = jnp.where(finished, slots.req, -1)
     finish_time = jnp.where(finished, end, 0.0)
     shift = slots.shift
+    gap = jnp.where(logits & (slots.generated > 0), end - slots.last_token, 0.0)   # since the request's last token
     slots = slots._replace(req=jnp.where(finished, -1, slots.req), prompt_left=jnp.maximum(slots.prompt_left - new, 0),
-                           context=slots.context + new, generated=generated, alloc=jnp.where(finished, 0, alloc))
+                           context=slots.context + new, generated=generated, alloc=jnp.where(finished, 0, alloc),
+                           max_gap=jnp.maximum(slots.max_gap, gap), last_token=jnp.where(logits, end, slots.last_token))
+    finish_gap = slots.max_gap
     last_tau = tau
     work = work + jnp.where(running, jnp.stack([cost.op_flop.sum(), (cost.op_bytes * (cost.op_network == 0)).sum()]),
                             0.0).astype(F32)
@@ -291,6 +301,7 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
         last_tau = jnp.where(ff_tau > 0, ff_last, last_tau)
         finish_event = jnp.where(ff_finish >= 0, ff_finish, finish_event)
         finish_time = jnp.where(ff_finish >= 0, ff_time, finish_time)
+        finish_gap = jnp.where(ff_finish >= 0, slots.max_gap, finish_gap)
         busy, work = busy + ff_tau, work + ff_work
 
     # idle: jump to the next arrival in the queue, else to the step end
@@ -301,14 +312,14 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
     clock = jnp.where(running, end, jnp.maximum(now, idle_to))
     last_tau = jnp.where(running, last_tau, 0.0)
     # event times per slot, each with its request's (zero-valued) gradient correction
-    events = (admit_event, now + shift, first_event, now + tau + shift, finish_event, finish_time + shift,
-              preempt_event, preempt_generated)
+    events = (admit_event, now + shift, first_event, now + tau + shift, finish_event, finish_time + shift, finish_gap,
+              preempt_event, preempt_generated, preempt_last, preempt_gap)
     return (slots, clock, queue, queue_done, head, tail, admitted, last_tau, busy, work), events
 
 
 def _record(rec: Records, s, events) -> Records:
     """Write one decision's events (each (B,), request index or -1) into the per-request records."""
-    admit, start, first, first_end, finish, finish_time, preempt, preempt_generated = events
+    admit, start, first, first_end, finish, finish_time, finish_gap, preempt, generated, last, gap = events
     N = rec.replica.shape[0]
     step = jnp.asarray(s, I32)
 
@@ -320,7 +331,9 @@ def _record(rec: Records, s, events) -> Records:
         admit_step=put(rec.admit_step, admit, step), admit_off=put(rec.admit_off, admit, start),
         first_step=put(rec.first_step, first, step), first_off=put(rec.first_off, first, first_end),
         finish_step=put(rec.finish_step, finish, step), finish_off=put(rec.finish_off, finish, finish_time),
-        generated=put(rec.generated, preempt, preempt_generated),
+        generated=put(rec.generated, preempt, generated),
+        max_itl=put(put(rec.max_itl, preempt, gap), finish, finish_gap),
+        last_step=put(rec.last_step, preempt, step), last_off=put(rec.last_off, preempt, last),
         preemptions=rec.preemptions.at[jnp.where(preempt >= 0, preempt, N)].add(1, mode="drop"))
 
 
@@ -368,8 +381,14 @@ def _fast_forward(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_cap
     generated = jnp.where(active, slots.generated + n, slots.generated)
     finished = active & (generated >= slots.target)
     grown = jnp.where(active, jnp.maximum(slots.alloc, slots.context + n), slots.alloc)
+    # inter-token gaps: iteration 0 ends a gap opened at each request's last token, later ones last tau
+    first_gap = start + tau[0] - slots.last_token
+    later = jnp.where(ok & (w[:, 0] > 0), tau, 0.0).max()
+    ran = active & (n > 0)
     slots = slots._replace(req=jnp.where(finished, -1, slots.req), context=jnp.where(active, slots.context + n, slots.context),
-                           generated=generated, alloc=jnp.where(finished, 0, grown))
+                           generated=generated, alloc=jnp.where(finished, 0, grown),
+                           max_gap=jnp.where(ran, jnp.maximum(slots.max_gap, jnp.maximum(first_gap, later)), slots.max_gap),
+                           last_token=jnp.where(ran, end, slots.last_token))
     work = jnp.stack([jnp.where(ok, cost.op_flop.sum(-1), 0.0).sum(),
                       jnp.where(ok, (cost.op_bytes * (cost.op_network == 0)).sum(-1), 0.0).sum()]).astype(F32)
     return (slots, end, jnp.where(finished, ids, -1), jnp.where(finished, end, 0.0),
@@ -386,7 +405,7 @@ def _replica_step(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_cap
         c, rec = state
 
         def work(c, rec):
-            out, events = _iteration(cfg, hw, req, s, kv_capacity, c)
+            out, events = _iteration(cfg, hw, req, s, kv_capacity, c, rec)
             # keep dtypes fixed whatever jax_enable_x64 promotes sums to
             out = jax.tree_util.tree_map(lambda x, like: x.astype(like.dtype), out, c)
             return out, _record(rec, s, events)
@@ -423,7 +442,7 @@ def step(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capacity, state
     trace = StepTrace(batch=(slots.req >= 0).sum(-1).astype(I32),
                       kv_blocks=_blocks(slots.alloc, cfg.block_size).sum(-1).astype(I32),
                       busy_s=busy, queued=(tail - head).astype(I32), flop=work[:, 0], bytes=work[:, 1])
-    new_state = SimState(slots=slots, clock=clock - cfg.dt, queue=queue, queue_done=queue_done, head=head, tail=tail,
+    new_state = SimState(slots=slots._replace(last_token=slots.last_token - cfg.dt), clock=clock - cfg.dt, queue=queue, queue_done=queue_done, head=head, tail=tail,
                          admitted=admitted, last_tau=last_tau, routed=state.routed, deferred=deferred,
                          records=rec)
     return new_state, trace

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 PERCENTILES = (50, 90, 95, 99)
-LATENCIES = ("ttft_s", "tpot_s", "e2e_s", "queueing_s")
+LATENCIES = ("ttft_s", "tpot_s", "itl_max_s", "e2e_s", "queueing_s")
 
 
 def latency_stats(df: pd.DataFrame) -> dict:

@@ -63,6 +63,7 @@ def _run_group(group, scenario, workload, rows, df):
     n = len(rows)
     out = {k: np.full(n, np.nan) for k in ("admit", "first", "finish")}
     replica_of, preempt = np.full(n, -1), np.zeros(n, np.int64)
+    last_token, max_gap = np.full(n, np.nan), np.zeros(n)
     generated_final = np.zeros(n, np.int64)
     rejected = reasons > 0
     replicas = [_Replica(B) for _ in range(e.replicas)]
@@ -131,6 +132,9 @@ def _run_group(group, scenario, workload, rows, df):
         end = now + tau
         first = logits & (rep.generated == 0)
         out["first"][rep.req[first]] = end
+        later = rep.req[logits & (rep.generated > 0)]
+        max_gap[later] = np.maximum(max_gap[later], end - last_token[later])
+        last_token[rep.req[logits]] = end
         rep.generated = rep.generated + logits
         finished = logits & (rep.generated >= rep.target)
         out["finish"][rep.req[finished]] = end
@@ -174,6 +178,7 @@ def _run_group(group, scenario, workload, rows, df):
     df.loc[rows, "admit_s"] = out["admit"]
     df.loc[rows, "first_token_s"] = out["first"]
     df.loc[rows, "finish_s"] = out["finish"]
+    df.loc[rows, "itl_max_s"] = np.where(np.isfinite(out["finish"]), max_gap, np.nan)
     df.loc[rows, "preemptions"] = preempt
     df.loc[rows, "generated"] = generated_final
     df.loc[rows, "status"] = status

@@ -37,7 +37,8 @@ def request_frame(workload: Workload, scenario: Scenario) -> pd.DataFrame:
         "request": np.arange(n), "client": names[workload.client],
         "engine": np.array([c.engine for c in clients], dtype=object)[workload.client], "arrival_s": workload.arrival_s,
         "input_tokens": workload.input_tokens, "output_tokens": workload.output_tokens,
-        "replica": -1, "admit_s": np.nan, "first_token_s": np.nan, "finish_s": np.nan, "generated": 0,
+        "replica": -1, "admit_s": np.nan, "first_token_s": np.nan, "finish_s": np.nan, "itl_max_s": np.nan,
+        "generated": 0,
         "preemptions": 0, "status": "unfinished", "reject_reason": "",
         "slo_ttft_s": np.array([c.slo_ttft_s for c in clients])[workload.client],
         "slo_tpot_s": np.array([c.slo_tpot_s for c in clients])[workload.client]})
@@ -47,7 +48,8 @@ def derived_columns(df: pd.DataFrame) -> pd.DataFrame:
     df["queueing_s"] = df.admit_s - df.arrival_s
     df["ttft_s"] = df.first_token_s - df.arrival_s
     df["e2e_s"] = df.finish_s - df.arrival_s
-    # Mean time per output token after the first (the mean inter-token latency of the request).
+    # Mean time per output token after the first (the mean inter-token latency of the request);
+    # itl_max_s is the longest gap between consecutive tokens (stalls behind prefills, preemptions).
     df["tpot_s"] = np.where(df.output_tokens > 1, (df.finish_s - df.first_token_s) / np.maximum(df.output_tokens - 1, 1), 0.0)
     df.loc[df.status != "finished", "tpot_s"] = np.nan
     df["meets_slo"] = (df.status == "finished") & (df.ttft_s <= df.slo_ttft_s) & (df.tpot_s <= df.slo_tpot_s)
@@ -108,6 +110,7 @@ def fill_records(df: pd.DataFrame, rows: np.ndarray, state, reasons: np.ndarray,
     df.loc[rows, "first_token_s"] = when(rec.first_step, rec.first_off)
     df.loc[rows, "finish_s"] = when(rec.finish_step, rec.finish_off)
     df.loc[rows, "preemptions"] = rec.preemptions
+    df.loc[rows, "itl_max_s"] = np.where(rec.finish_step >= 0, rec.max_itl.astype(np.float64), np.nan)
     generated = rec.generated.copy()
     slots = jax.tree_util.tree_map(np.asarray, state.slots)
     live = slots.req >= 0

@@ -33,6 +33,8 @@ class Slots(NamedTuple):
     order: jax.Array          # (R, B) int32 admission sequence number (older = smaller)
     alloc: jax.Array          # (R, B) int32 tokens of KV blocks allocated
     shift: jax.Array          # (R, B) float32 s, always 0: carries the anchored estimator's gradient correction
+    last_token: jax.Array     # (R, B) float32 s, when the slot's request sampled its last token (step-relative)
+    max_gap: jax.Array        # (R, B) float32 s, longest time between consecutive output tokens so far
 
 
 class Records(NamedTuple):
@@ -48,6 +50,9 @@ class Records(NamedTuple):
     preemptions: jax.Array    # (N,) int32
     generated: jax.Array      # (N,) int32 output tokens sampled (kept across preemptions)
     rejected: jax.Array       # (N,) bool: queue full or not admissible
+    max_itl: jax.Array        # (N,) float32 s, longest inter-token gap (at finish, or at the last preemption)
+    last_step: jax.Array      # (N,) int32, step of the last token before the last preemption (-1: none)
+    last_off: jax.Array       # (N,) float32 s, its offset
 
 
 class SimState(NamedTuple):
