@@ -16,6 +16,9 @@ SCENARIOS = {
                                  'engine.e0.scheduler="chunked"', "engine.e0.max_batch_tokens=512",
                                  'client.chat.input_tokens={dist="uniform",low=100,high=900}'],
     "overload_preemption": ["simulation.horizon_s=20", "engine.e0.kv_fraction=0.25", "client.chat.arrival.rate_per_s=30"],
+    "overload_swap": ["simulation.horizon_s=20", "engine.e0.kv_fraction=0.25", "client.chat.arrival.rate_per_s=30",
+                      # 0.3 GB holds ~2,300 KV tokens of Llama-3.1-8B: some evictions swap, the rest recompute
+                      'engine.e0.preemption="swap"', "engine.e0.swap_space_gb=0.3"],
     "priority_two_clients": ["simulation.horizon_s=20", "client.chat.arrival.rate_per_s=25", 'engine.e0.queue_order="priority"',
                              "engine.e0.max_batch_size=8", "client.chat.priority=1"],
     "heterogeneous_replicas": ["simulation.horizon_s=20", "simulation.dt_s=0.1", "engine.e0.replicas=2",
@@ -55,7 +58,7 @@ def test_same_outcome_per_request(pair):
         np.testing.assert_allclose(fast.requests[col], exact.requests[col], atol=1e-5, err_msg=f"{name} {col}")
     done = fast.requests[fast.requests.status == "finished"]
     assert (done.itl_max_s >= done.tpot_s - 1e-6).all()     # the longest gap is at least the mean gap
-    if name == "overload_preemption":
+    if name.startswith("overload"):
         assert fast.requests.preemptions.sum() > 0   # the scenario does exercise preemption
     if name == "priority_two_clients":   # the priority client waits less than the other under contention
         wait = fast.requests.groupby("client").queueing_s.mean()

@@ -71,8 +71,6 @@ def kv_capacity_blocks(spec: EngineSpec, params: HardwareParams, entry: Engine, 
 
 
 def build_group(entry: Engine) -> EngineGroup:
-    if entry.preemption == "swap":
-        raise ConfigError(f"[[engine]] {entry.name!r} preemption: 'swap' is not modelled yet; use 'recompute'")
     names = entry.hardware if isinstance(entry.hardware, tuple) else (entry.hardware,) * entry.replicas
     try:
         parts = {n: get_hardware(n, **entry.hardware_overrides) for n in dict.fromkeys(names)}
@@ -124,6 +122,15 @@ def reject_reasons(group: EngineGroup, workload: Workload, mask: np.ndarray) -> 
     return np.where(mask, reason, 0)
 
 
+def swap_config(group: EngineGroup) -> dict:
+    """Swap space in KV tokens per replica (vLLM swap_space, per device) and KV bytes per token per device."""
+    e, spec = group.engine, group.spec
+    per_token = kv_bytes_per_token_per_device(spec.model, spec.parallel, spec.kv_dtype)
+    if e.preemption != "swap" or per_token == 0:
+        return {"swap_tokens": 0, "kv_token_bytes": 0.0}
+    return {"swap_tokens": max(int(e.swap_space_gb * 1e9 // per_token), 1), "kv_token_bytes": float(per_token)}
+
+
 def admission_window(entry: Engine) -> int:
     """Queue entries examined per admission decision (both simulators use the same window). FCFS
     admits a prefix of at most max_batch_size; priority order looks 256 deep (a request further
@@ -138,7 +145,7 @@ def group_config(group: EngineGroup, scenario: Scenario, arrivals_per_step: int,
                        admit=admission_window(e),
                        block_size=e.block_size, max_batch_tokens=e.max_batch_tokens, scheduler=SCHEDULERS[e.scheduler],
                        router=e.router, dt=sim.dt_s, iterations=iterations, fast_forward=width, arrivals=arrivals_per_step,
-                       priority=e.queue_order == "priority")
+                       priority=e.queue_order == "priority", **swap_config(group))
 
 
 def device_requests(arrival_s: np.ndarray, input_tokens, output_tokens, admissible, dt: float, horizon: float,

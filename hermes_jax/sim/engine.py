@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from ..engine import EngineSpec
 from ..hardware.params import HardwareParams
 from ..iteration import iteration_cost
+from ..kernels.transfer import tier_transfer_time
 from .estimators import Pathwise
 from .state import Records, Requests, SimState, Slots, StepTrace
 
@@ -54,6 +55,8 @@ class GroupConfig:
     arrivals: int              # cap on arrivals per step (max over the trace)
     estimator: object = Pathwise()   # how admission decisions enter gradients (see estimators.py)
     priority: bool = False     # admit by request priority (smaller first), then queue order; else FCFS
+    swap_tokens: int = 0       # host swap space per replica in KV tokens (0: preempt by recompute)
+    kv_token_bytes: float = 0.0  # B of KV per token per device (swap transfers)
 
 
 def init(cfg: GroupConfig, n_requests: int) -> SimState:
@@ -80,6 +83,18 @@ def _blocks(tokens, block_size):
 def _cumsum(x):
     """Inclusive prefix sum along the last axis (booleans count as 0/1)."""
     return jnp.cumsum(x.astype(I32) if x.dtype == bool else x, axis=-1)
+
+
+def _waiting(req: Requests, cand, history):
+    """What a queue entry needs to (re)join: (output tokens it has, tokens to prefill, KV tokens to
+    allocate, tokens already in KV). ``history``: -1 never admitted; g >= 0 preempted by recompute
+    after g output tokens (prefill the prompt plus them again); -(g + 2) swapped out after g tokens
+    (its KV comes back from host memory: input + g - 1 tokens, then it decodes)."""
+    swapped = history <= -2
+    done = jnp.where(swapped, -history - 2, jnp.maximum(history, 0))
+    prompt = req.input_tokens[cand] + done
+    kv_back = jnp.where(swapped, prompt - 1, 0)
+    return done, jnp.where(swapped, 0, prompt), jnp.where(swapped, kv_back, prompt), kv_back
 
 
 def _cond(pred, compute, unchanged):
@@ -158,13 +173,12 @@ def _admit(cfg: GroupConfig, req: Requests, s, kv_capacity, now, last_tau, slots
     else:              # the queue is in arrival order: its arrived part is a prefix
         rank = j
     cand_r, history_r, arrival_r = cand[rank], history[rank], arrival[rank]
-    done_before = jnp.maximum(history_r, 0)
-    prompt = req.input_tokens[cand_r] + done_before
+    done_before, prompt, alloc, kv_back = _waiting(req, cand_r, history_r)
     used_blocks = _blocks(slots.alloc, bs).sum()
     prefill_now = jnp.where(active, slots.prompt_left, 0).sum()
     n_active = active.sum()
     ok = (arrived[rank] & (j < B - n_active)
-          & (_cumsum(_blocks(prompt, bs)) <= kv_capacity - used_blocks)
+          & (_cumsum(_blocks(alloc, bs)) <= kv_capacity - used_blocks)
           & (prefill_now + _cumsum(cfg.scheduler.admission_tokens(jnp, prompt)) <= cfg.max_batch_tokens)
           & cfg.scheduler.may_admit(jnp, n_active))
     n_admit = _prefix_length(ok)                                  # stop at the first that cannot join
@@ -175,11 +189,11 @@ def _admit(cfg: GroupConfig, req: Requests, s, kv_capacity, now, last_tau, slots
     new_req = cand_r[pick]
     slots = Slots(req=jnp.where(take, new_req, slots.req),
                   prompt_left=jnp.where(take, prompt[pick], slots.prompt_left),
-                  context=jnp.where(take, 0, slots.context),
+                  context=jnp.where(take, kv_back[pick], slots.context),
                   generated=jnp.where(take, done_before[pick], slots.generated),
                   target=jnp.where(take, req.output_tokens[new_req], slots.target),
                   order=jnp.where(take, admitted + pick, slots.order),
-                  alloc=jnp.where(take, prompt[pick], slots.alloc),
+                  alloc=jnp.where(take, alloc[pick], slots.alloc),
                   shift=jnp.where(take, shift[pick], slots.shift),
                   # a request back from preemption resumes its inter-token record
                   last_token=jnp.where(take, (rec.last_step[new_req] - s).astype(F32) * dt + rec.last_off[new_req],
@@ -192,8 +206,9 @@ def _admit(cfg: GroupConfig, req: Requests, s, kv_capacity, now, last_tau, slots
         to = jnp.where(keep, (head + n_admit + _cumsum(keep) - 1) % Q, Q)
         queue = queue.at[to].set(cand, mode="drop")
         queue_done = queue_done.at[to].set(history, mode="drop")
-    events = jnp.where(take & (history_r[pick] < 0), new_req, -1)
-    return slots, queue, queue_done, head + n_admit, admitted + n_admit, events, gate
+    events = jnp.where(take & (history_r[pick] == -1), new_req, -1)
+    swapped_in = jnp.where(take, kv_back[pick], 0).sum()
+    return slots, queue, queue_done, head + n_admit, admitted + n_admit, events, gate, swapped_in
 
 
 def _head_admissible(cfg: GroupConfig, req: Requests, s, kv_capacity, now, slots: Slots, queue, queue_done, head,
@@ -215,16 +230,18 @@ def _head_admissible(cfg: GroupConfig, req: Requests, s, kv_capacity, now, slots
         nxt, done = queue[head % Q], queue_done[head % Q]
         arrival = (req.arrival_step[nxt] - s).astype(F32) * jnp.asarray(cfg.dt, F32) + req.arrival_off[nxt]
         any_arrived = (tail > head) & (arrival <= now)
-    prompt = req.input_tokens[nxt] + jnp.maximum(done, 0)
+    _, prompt, alloc, _ = _waiting(req, nxt, done)
     prefill_now = jnp.where(active, slots.prompt_left, 0).sum()
     return (any_arrived & (n_active < cfg.slots) & cfg.scheduler.may_admit(jnp, n_active)
-            & (_blocks(prompt, bs) <= kv_capacity - _blocks(slots.alloc, bs).sum(-1))
+            & (_blocks(alloc, bs) <= kv_capacity - _blocks(slots.alloc, bs).sum(-1))
             & (prefill_now + cfg.scheduler.admission_tokens(jnp, prompt) <= cfg.max_batch_tokens))
 
 
-def _preempt(cfg: GroupConfig, kv_capacity, new, slots: Slots, queue, queue_done, head):
-    """Recompute preemption: evict the newest requests until the KV blocks the batch needs fit; the
-    evicted go back to the queue front, oldest first. Returns slots, queue, queue_done, head, events."""
+def _preempt(cfg: GroupConfig, req: Requests, kv_capacity, new, slots: Slots, queue, queue_done, head, tail):
+    """Preemption: evict the newest requests until the KV blocks the batch needs fit; the evicted go
+    back to the queue front, oldest first. With swap space (``cfg.swap_tokens`` > 0), a request
+    that has output tokens is swapped out to host memory while the space holds its KV, else it is
+    recomputed later. Returns slots, queue, queue_done, head, events and the KV tokens swapped out."""
     Q, bs = cfg.queue, cfg.block_size
     active = slots.req >= 0
     need = jnp.where(active, jnp.maximum(slots.alloc, slots.context + new), 0)
@@ -234,11 +251,22 @@ def _preempt(cfg: GroupConfig, kv_capacity, new, slots: Slots, queue, queue_done
     evict = active & ~fits
     n_evict = evict.sum()
     evict_rank = _cumsum(evict[rank])[inverse] - 1   # oldest evicted first
+    history = slots.generated
+    moved = jnp.zeros((), I32)
+    if cfg.swap_tokens:
+        ring = jnp.arange(Q)
+        waiting = ((ring - head) % Q) < (tail - head)
+        used = jnp.where(waiting & (queue_done <= -2), _waiting(req, queue, queue_done)[3], 0).sum()
+        tokens = jnp.where(evict & (slots.generated > 0), slots.context, 0)          # KV it holds
+        ahead = _cumsum(tokens[rank])[inverse]                                         # oldest evicted first
+        swap = (tokens > 0) & (used + ahead <= cfg.swap_tokens)
+        history = jnp.where(swap, -slots.generated - 2, slots.generated)
+        moved = jnp.where(swap, tokens, 0).sum()
     position = jnp.where(evict, (head - n_evict + evict_rank) % Q, Q)
     queue = queue.at[position].set(slots.req, mode="drop")
-    queue_done = queue_done.at[position].set(slots.generated, mode="drop")
+    queue_done = queue_done.at[position].set(history, mode="drop")
     event = jnp.where(evict, slots.req, -1)
-    return slots._replace(req=jnp.where(evict, -1, slots.req)), queue, queue_done, head - n_evict, event
+    return slots._replace(req=jnp.where(evict, -1, slots.req)), queue, queue_done, head - n_evict, event, moved
 
 
 def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capacity, carry, rec: Records):
@@ -253,19 +281,20 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
 
     # --- admission
     admit = _head_admissible(cfg, req, s, kv_capacity, now, slots, queue, queue_done, head, tail)
-    slots, queue, queue_done, head, admitted, admit_event, gate = _cond(
+    slots, queue, queue_done, head, admitted, admit_event, gate, swapped_in = _cond(
         admit, lambda: _admit(cfg, req, s, kv_capacity, now, last_tau, slots, queue, queue_done, head, tail, admitted,
                               rec),
-        (slots, queue, queue_done, head, admitted, nobody, jnp.ones(B, F32)))
+        (slots, queue, queue_done, head, admitted, nobody, jnp.ones(B, F32), jnp.zeros((), I32)))
     active = slots.req >= 0
 
     # --- batch composition and KV check: preempt the newest requests (recompute) until it fits
     new = cfg.scheduler.compose(jnp, slots.prompt_left, active, slots.order, cfg.max_batch_tokens)
     need = jnp.where(active, jnp.maximum(slots.alloc, slots.context + new), 0)
     preempt_generated, preempt_last, preempt_gap = slots.generated, slots.last_token, slots.max_gap
-    slots, queue, queue_done, head, preempt_event = _cond(
-        _blocks(need, bs).sum() > kv_capacity, lambda: _preempt(cfg, kv_capacity, new, slots, queue, queue_done, head),
-        (slots, queue, queue_done, head, nobody))
+    slots, queue, queue_done, head, preempt_event, swapped_out = _cond(
+        _blocks(need, bs).sum() > kv_capacity,
+        lambda: _preempt(cfg, req, kv_capacity, new, slots, queue, queue_done, head, tail),
+        (slots, queue, queue_done, head, nobody, jnp.zeros((), I32)))
     active = slots.req >= 0
     new = jnp.where(active, new, 0)
     alloc = jnp.where(active, jnp.maximum(slots.alloc, slots.context + new), 0)
@@ -277,7 +306,11 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
     # pass except for the relaxed estimator)
     cost = iteration_cost(cfg.spec, hw, new.astype(f) * gate.astype(f), slots.context.astype(f), logits.astype(f))
     running = active.any()
-    tau = jnp.where(running, cost.time.astype(F32), 0.0)
+    swap_time = 0.0
+    if cfg.swap_tokens:   # KV moved between HBM and host memory before this iteration runs
+        moved = (swapped_in + swapped_out).astype(f) * cfg.kv_token_bytes
+        swap_time = tier_transfer_time(hw, "host_dram", moved)
+    tau = jnp.where(running, (cost.time + swap_time).astype(F32), 0.0)
     end = now + tau
     generated = slots.generated + logits.astype(I32)
     first_event = jnp.where(logits & (slots.generated == 0), slots.req, -1)

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from ..iteration import iteration_cost
-from .build import REJECT_REASONS, admission_window, build_group, reject_reasons
+from ..kernels.transfer import tier_transfer_time
+from .build import REJECT_REASONS, admission_window, build_group, reject_reasons, swap_config
 from .metrics import summarize
 from .scenario import Scenario
 from .schedulers import SCHEDULERS
@@ -63,6 +64,18 @@ def _run_group(group, scenario, workload, rows, df):
     n = len(rows)
     out = {k: np.full(n, np.nan) for k in ("admit", "first", "finish")}
     replica_of, preempt = np.full(n, -1), np.zeros(n, np.int64)
+    swap = swap_config(group)
+    swap_tokens, kv_token_bytes = swap["swap_tokens"], swap["kv_token_bytes"]
+
+    def waiting(i, history):
+        """(output tokens, tokens to prefill, KV tokens to allocate, KV tokens swapped back) of a queue
+        entry: history -1 new, g >= 0 recompute after g tokens, -(g + 2) swapped out after g tokens."""
+        if history <= -2:
+            done = -history - 2
+            back = int(inputs[i]) + done - 1
+            return done, 0, back, back
+        done = max(history, 0)
+        return done, int(inputs[i]) + done, int(inputs[i]) + done, 0
     last_token, max_gap = np.full(n, np.nan), np.zeros(n)
     generated_final = np.zeros(n, np.int64)
     rejected = reasons > 0
@@ -77,6 +90,7 @@ def _run_group(group, scenario, workload, rows, df):
         rep = replicas[r]
         capacity, params = group.replica_kv[r], group.replica_hw[r]
         active = rep.req >= 0
+        moved = 0   # KV tokens swapped in or out before this iteration
         # admission: FCFS prefix of the queue that fits slots, KV blocks and the token budget
         cand = rep.queue[:M]
         if cand and sched.may_admit(np, int(active.sum())):
@@ -88,21 +102,22 @@ def _run_group(group, scenario, workload, rows, df):
             prefill_now = int(np.where(active, rep.prompt_left, 0).sum())
             chosen, blocks, tokens = [], 0, 0
             for k in order:
-                i, done = cand[k]
-                prompt = int(inputs[i]) + max(done, 0)
-                blocks += int(_blocks(prompt, bs))
+                i, history = cand[k]
+                _, prompt, alloc, _ = waiting(i, history)
+                blocks += int(_blocks(alloc, bs))
                 tokens += int(sched.admission_tokens(np, prompt))
                 if len(chosen) >= free_slots or blocks > free_blocks or prefill_now + tokens > budget:
                     break
                 chosen.append(k)
             empty = np.flatnonzero(~active)
             for n, k in enumerate(chosen):
-                i, done = cand[k]
+                i, history = cand[k]
                 b = empty[n]
-                prompt = int(inputs[i]) + max(done, 0)
-                rep.req[b], rep.prompt_left[b], rep.context[b] = i, prompt, 0
-                rep.generated[b], rep.target[b], rep.order[b], rep.alloc[b] = max(done, 0), outputs[i], rep.admitted + n, prompt
-                if done < 0:
+                done, prompt, alloc, kv_back = waiting(i, history)
+                rep.req[b], rep.prompt_left[b], rep.context[b] = i, prompt, kv_back
+                rep.generated[b], rep.target[b], rep.order[b], rep.alloc[b] = done, outputs[i], rep.admitted + n, alloc
+                moved += kv_back
+                if history == -1:
                     out["admit"][i] = now
             taken = set(chosen)
             rep.queue = [entry for k, entry in enumerate(cand) if k not in taken] + rep.queue[len(cand):]
@@ -117,9 +132,17 @@ def _run_group(group, scenario, workload, rows, df):
         keep = np.zeros(B, bool)
         keep[by_age] = np.cumsum(_blocks(need, bs)[by_age]) <= capacity
         evict = active & ~keep
-        if evict.any():   # recompute preemption of the newest; the oldest evicted goes first in the queue
+        if evict.any():   # preempt the newest; the oldest evicted goes first in the queue
             victims = [b for b in by_age if evict[b]]
-            rep.queue = [(int(rep.req[b]), int(rep.generated[b])) for b in victims] + rep.queue
+            used = sum(waiting(i, h)[3] for i, h in rep.queue if h <= -2)
+            entries, ahead = [], 0
+            for b in victims:   # swap out while the space holds the KV of requests with output, else recompute
+                held = int(rep.context[b]) if rep.generated[b] > 0 and swap_tokens else 0
+                ahead += held
+                swap = held > 0 and used + ahead <= swap_tokens
+                moved += held if swap else 0
+                entries.append((int(rep.req[b]), -int(rep.generated[b]) - 2 if swap else int(rep.generated[b])))
+            rep.queue = entries + rep.queue
             for b in victims:
                 preempt[rep.req[b]] += 1
                 rep.req[b] = -1
@@ -129,6 +152,8 @@ def _run_group(group, scenario, workload, rows, df):
         logits = active & (new > 0) & (rep.prompt_left <= new)
         tau = float(_iteration_time(group.spec, params, jnp.asarray(new, float), jnp.asarray(rep.context, float),
                                     jnp.asarray(logits, float)))
+        if moved:
+            tau += float(tier_transfer_time(params, "host_dram", moved * kv_token_bytes))
         end = now + tau
         first = logits & (rep.generated == 0)
         out["first"][rep.req[first]] = end
@@ -170,8 +195,8 @@ def _run_group(group, scenario, workload, rows, df):
     for rep in replicas:   # requests still in a batch at the horizon
         live = rep.req >= 0
         generated_final[rep.req[live]] = rep.generated[live]
-        for i, done in rep.queue:
-            generated_final[i] = max(done, 0)
+        for i, history in rep.queue:
+            generated_final[i] = waiting(i, history)[0]
     status = np.where(np.isfinite(out["finish"]), "finished", "unfinished").astype(object)
     status[rejected] = "rejected"
     df.loc[rows, "replica"] = replica_of

@@ -118,14 +118,15 @@ class Engine:
     block_size: int = 16           # tokens per KV block
     kv_fraction: float = 0.9       # share of device memory the engine may use (vLLM gpu_memory_utilization)
     activation_reserve_gb: float = 2.0  # GB per device kept for activations and buffers
-    preemption: str = "recompute"
+    preemption: str = "recompute"   # or "swap": KV to host memory while swap_space_gb holds it
+    swap_space_gb: float = 4.0     # GB per device of host swap space (vLLM's default)
     router: str = "round_robin"
     queue_order: str = "fcfs"      # or "priority": clients' priority (smaller first), then arrival
     hardware_overrides: dict = field(default_factory=dict)
 
     FIELDS = ("name", "model", "hardware", "dtype", "kv_dtype", "tp", "pp", "replicas", "scheduler", "max_batch_size",
-              "max_batch_tokens", "block_size", "kv_fraction", "activation_reserve_gb", "preemption", "router",
-              "queue_order", "hardware_overrides")
+              "max_batch_tokens", "block_size", "kv_fraction", "activation_reserve_gb", "preemption", "swap_space_gb",
+              "router", "queue_order", "hardware_overrides")
 
     @staticmethod
     def parse(data: dict, index: int, where: _Where) -> "Engine":
@@ -156,6 +157,7 @@ class Engine:
                                                       allow_zero=True),
                       scheduler=_choice(where, "engine", index, name, data, "scheduler", SCHEDULERS, "continuous"),
                       preemption=_choice(where, "engine", index, name, data, "preemption", PREEMPTION, "recompute"),
+                      swap_space_gb=_positive(where, "engine", index, name, data, "swap_space_gb", 4.0),
                       router=_choice(where, "engine", index, name, data, "router", ROUTERS, "round_robin"),
                       queue_order=_choice(where, "engine", index, name, data, "queue_order", QUEUE_ORDERS, "fcfs"),
                       hardware_overrides=dict(data.get("hardware_overrides", {})))
