@@ -198,7 +198,7 @@ def _admit(cfg: GroupConfig, req: Requests, s, kv_capacity, now, last_tau, slots
                   # a request back from preemption resumes its inter-token record
                   last_token=jnp.where(take, (rec.last_step[new_req] - s).astype(F32) * dt + rec.last_off[new_req],
                                        slots.last_token),
-                  max_gap=jnp.where(take, jnp.where(history_r[pick] >= 0, rec.max_itl[new_req], 0.0), slots.max_gap))
+                  max_gap=jnp.where(take, jnp.where(history_r[pick] != -1, rec.max_itl[new_req], 0.0), slots.max_gap))
     gate = jnp.where(take, cfg.estimator.gate(now + shift - arrival_r)[pick], 1.0).astype(F32)
     if cfg.priority:   # close up: the window entries not admitted keep their order behind the new head
         taken = jnp.zeros(M, bool).at[rank].set(j < n_admit)
