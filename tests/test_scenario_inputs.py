@@ -86,3 +86,15 @@ def test_progress_bar_reaches_the_end(capfd):
     simulate(load_scenario(DEFAULT_SCENARIO, ["simulation.horizon_s=2"]), progress=True)
     err = capfd.readouterr().err
     assert "e0 [" in err and "100.0%" in err
+
+
+def test_closed_loop_client_from_toml(tmp_path):
+    text = DEFAULT_SCENARIO.read_text().replace('arrival = { process = "poisson", rate_per_s = 5.0 }',
+                                                "users = 4\nthink_time_s = 2.0")
+    scenario = load_scenario(write(tmp_path, "c.toml", text))
+    assert scenario.clients[0].users == 4 and scenario.clients[0].think_time_s == 2.0
+    w = build_workload(scenario)
+    assert w.closed_loop and np.isfinite(w.arrival_s).sum() == 4          # one first request per user
+    both = text.replace("users = 4", 'users = 4\narrival = { process = "poisson", rate_per_s = 5.0 }')
+    with pytest.raises(ConfigError, match="not both"):
+        load_scenario(write(tmp_path, "d.toml", both))

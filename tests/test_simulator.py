@@ -21,6 +21,7 @@ SCENARIOS = {
                       'engine.e0.preemption="swap"', "engine.e0.swap_space_gb=0.3"],
     "priority_two_clients": ["simulation.horizon_s=20", "client.chat.arrival.rate_per_s=25", 'engine.e0.queue_order="priority"',
                              "engine.e0.max_batch_size=8", "client.chat.priority=1"],
+    "closed_loop_users": ["simulation.horizon_s=20", "engine.e0.replicas=2"],
     "heterogeneous_replicas": ["simulation.horizon_s=20", "simulation.dt_s=0.1", "engine.e0.replicas=2",
                                'engine.e0.hardware=["h100-sxm", "a100-80gb"]',
                                "client.chat.arrival.rate_per_s=12"],
@@ -38,6 +39,9 @@ def pair(request):
     scenario = load_scenario(DEFAULT, SCENARIOS[request.param])
     if request.param.startswith("priority"):
         scenario = with_vip(scenario)
+    if request.param.startswith("closed_loop"):   # 16 users sending again 1 s (mean) after each reply
+        users = dataclasses.replace(scenario.clients[0], name="users", users=16, think_time_s=1.0, arrival={})
+        scenario = dataclasses.replace(scenario, clients=scenario.clients + (users,))
     return request.param, scenario, simulate(scenario), simulate_reference(scenario)
 
 
@@ -63,6 +67,11 @@ def test_same_outcome_per_request(pair):
     if name == "priority_two_clients":   # the priority client waits less than the other under contention
         wait = fast.requests.groupby("client").queueing_s.mean()
         assert wait["vip"] < 0.5 * wait["chat"]
+    if name == "closed_loop_users":   # each user has at most one request in the system at a time
+        users = fast.requests[fast.requests.client == "users"].sort_values("arrival_s")
+        assert len(users) > 60 and users.user.nunique() == 16
+        for _, mine in users.groupby("user"):
+            assert (mine.arrival_s.to_numpy()[1:] >= mine.finish_s.to_numpy()[:-1]).all()
     if name == "heterogeneous_replicas":   # the A100 replica is slower on the same requests
         by = fast.requests.groupby("replica").tpot_s.mean()
         assert set(fast.requests.replica) == {0, 1} and by[1] > 1.2 * by[0]

@@ -138,24 +138,32 @@ def admission_window(entry: Engine) -> int:
     return 256 if entry.queue_order == "priority" else max(1, min(entry.max_batch_size, 128))
 
 
-def group_config(group: EngineGroup, scenario: Scenario, arrivals_per_step: int, queue: int) -> GroupConfig:
+def group_config(group: EngineGroup, scenario: Scenario, arrivals_per_step: int, queue: int, users: int = 0) -> GroupConfig:
     e, sim = group.engine, scenario.simulation
-    iterations, width = iterations_per_step(group, sim.dt_s, arrivals_per_step, sim.iterations_per_step)
+    iterations, width = iterations_per_step(group, sim.dt_s, arrivals_per_step + users, sim.iterations_per_step)
     return GroupConfig(spec=group.spec, replicas=e.replicas, slots=e.max_batch_size, queue=queue,
                        admit=admission_window(e),
                        block_size=e.block_size, max_batch_tokens=e.max_batch_tokens, scheduler=SCHEDULERS[e.scheduler],
                        router=e.router, dt=sim.dt_s, iterations=iterations, fast_forward=width, arrivals=arrivals_per_step,
-                       priority=e.queue_order == "priority", **swap_config(group))
+                       priority=e.queue_order == "priority", users=users, **swap_config(group))
 
 
 def device_requests(arrival_s: np.ndarray, input_tokens, output_tokens, admissible, dt: float, horizon: float,
-                    priority=None):
-    """Requests as device arrays plus the per-step index of the first arrival (S + 1 entries)."""
+                    priority=None, next_request=None, think_s=None, user=None):
+    """Requests as device arrays plus the per-step index of the first arrival (S + 1 entries).
+    Closed-loop requests not yet sent (arrival inf) sort last and get a step past the horizon."""
     steps = int(math.ceil(horizon / dt))
-    step = np.floor(arrival_s / dt).astype(np.int64)
+    n = len(arrival_s)
+    known = np.isfinite(arrival_s)
+    step = np.where(known, np.floor(np.where(known, arrival_s, 0.0) / dt), 2**30).astype(np.int64)
     first = np.searchsorted(step, np.arange(steps + 1), side="left").astype(np.int32)
-    return Requests(arrival_step=jnp.asarray(step, jnp.int32), arrival_off=jnp.asarray(arrival_s - step * dt, jnp.float32),
+    off = np.where(known, arrival_s - np.where(known, step, 0) * dt, 0.0)
+
+    def ints(x, fill):
+        return jnp.asarray(np.full(n, fill) if x is None else x, jnp.int32)
+
+    return Requests(arrival_step=jnp.asarray(step, jnp.int32), arrival_off=jnp.asarray(off, jnp.float32),
                     input_tokens=jnp.asarray(input_tokens, jnp.int32), output_tokens=jnp.asarray(output_tokens, jnp.int32),
-                    admissible=jnp.asarray(admissible),
-                    priority=jnp.asarray(np.zeros(len(arrival_s)) if priority is None else priority, jnp.int32),
+                    admissible=jnp.asarray(admissible), priority=ints(priority, 0), next_request=ints(next_request, -1),
+                    think=jnp.asarray(np.zeros(n) if think_s is None else think_s, jnp.float32), user=ints(user, -1),
                     step_first=jnp.asarray(first)), steps

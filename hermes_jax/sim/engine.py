@@ -55,12 +55,13 @@ class GroupConfig:
     arrivals: int              # cap on arrivals per step (max over the trace)
     estimator: object = Pathwise()   # how admission decisions enter gradients (see estimators.py)
     priority: bool = False     # admit by request priority (smaller first), then queue order; else FCFS
+    users: int = 0             # closed-loop users (0: open loop only)
     swap_tokens: int = 0       # host swap space per replica in KV tokens (0: preempt by recompute)
     kv_token_bytes: float = 0.0  # B of KV per token per device (swap transfers)
 
 
-def init(cfg: GroupConfig, n_requests: int) -> SimState:
-    R, B, N = cfg.replicas, cfg.slots, n_requests
+def init(cfg: GroupConfig, req: Requests) -> SimState:
+    R, B, N = cfg.replicas, cfg.slots, req.input_tokens.shape[0]
     zeros = jnp.zeros((R, B), I32)
     slots = Slots(req=jnp.full((R, B), -1, I32), prompt_left=zeros, context=zeros, generated=zeros, target=zeros,
                   order=zeros, alloc=zeros, shift=jnp.zeros((R, B), F32), last_token=jnp.zeros((R, B), F32),
@@ -69,7 +70,8 @@ def init(cfg: GroupConfig, n_requests: int) -> SimState:
     records = Records(replica=never, admit_step=never, admit_off=jnp.zeros(N, F32), first_step=never,
                       first_off=jnp.zeros(N, F32), finish_step=never, finish_off=jnp.zeros(N, F32),
                       preemptions=jnp.zeros(N, I32), generated=jnp.zeros(N, I32), rejected=jnp.zeros(N, bool),
-                      max_itl=jnp.zeros(N, F32), last_step=never, last_off=jnp.zeros(N, F32))
+                      max_itl=jnp.zeros(N, F32), last_step=never, last_off=jnp.zeros(N, F32),
+                      arr_step=req.arrival_step, arr_off=req.arrival_off, pending=jnp.full((cfg.users,), -1, I32))
     return SimState(slots=slots, clock=jnp.zeros(R, F32), queue=jnp.zeros((R, cfg.queue), I32),
                     queue_done=jnp.zeros((R, cfg.queue), I32), head=jnp.zeros(R, I32), tail=jnp.zeros(R, I32), admitted=jnp.zeros(R, I32),
                     last_tau=jnp.zeros(R, F32),
@@ -83,6 +85,12 @@ def _blocks(tokens, block_size):
 def _cumsum(x):
     """Inclusive prefix sum along the last axis (booleans count as 0/1)."""
     return jnp.cumsum(x.astype(I32) if x.dtype == bool else x, axis=-1)
+
+
+def _arrival(cfg: GroupConfig, rec: Records, index, s):
+    """Arrival time(s) of requests ``index`` relative to the start of step ``s`` (s). Read from the
+    records: closed-loop requests get theirs when the previous reply comes."""
+    return (rec.arr_step[index] - s).astype(F32) * jnp.asarray(cfg.dt, F32) + rec.arr_off[index]
 
 
 def _waiting(req: Requests, cand, history):
@@ -116,15 +124,17 @@ def _inverse_permutation(perm):
 
 # ------------------------------------------------------------------------------------------ routing
 def _route(cfg: GroupConfig, state: SimState, req: Requests, kv_capacity, s):
-    """Append the requests arriving in step ``s`` to replica queues. Only integer state is touched,
-    so the loop runs over the step's actual arrivals (a while loop) and stays out of gradients."""
+    """Append the requests arriving in step ``s`` to replica queues, in arrival order: the trace's
+    (open-loop) arrivals of the step plus closed-loop requests whose think time ended by the step's
+    end. Only integer state (and the closed-loop schedule) is touched, so the loop runs over the
+    actual arrivals (a while loop) and stays out of gradients."""
     first, last = req.step_first[s], req.step_first[s + 1]
     N = req.input_tokens.shape[0]
     blocks_used = _blocks(state.slots.alloc, cfg.block_size).sum(-1)
     load = (state.slots.req >= 0).sum(-1)
 
     def one(i, carry):
-        queue, queue_done, tail, routed, replica, rejected, load = carry
+        queue, queue_done, tail, routed, rec = carry
         ok = req.admissible[i]
         if cfg.router == "round_robin":
             r = routed % cfg.replicas
@@ -137,19 +147,31 @@ def _route(cfg: GroupConfig, state: SimState, req: Requests, kv_capacity, s):
         queue = queue.at[r, at].set(i, mode="drop")
         queue_done = queue_done.at[r, at].set(-1, mode="drop")
         tail = tail.at[r].add(push.astype(I32))
-        replica = replica.at[i].set(jnp.where(push, r, -1))
-        rejected = rejected.at[i].set(~push)
-        return queue, queue_done, tail, routed + ok.astype(I32), replica, rejected, load
+        rec = rec._replace(replica=rec.replica.at[i].set(jnp.where(push, r, -1)), rejected=rec.rejected.at[i].set(~push))
+        if cfg.users:   # a rejected request's user thinks and sends the next one
+            rec = _schedule_next(cfg, req, rec, jnp.where(push, -1, i)[None], rec.arr_step[i], rec.arr_off[i][None])
+        return queue, queue_done, tail, routed + ok.astype(I32), rec
 
-    rec = state.records
-    carry = (state.queue, state.queue_done, state.tail, state.routed, rec.replica, rec.rejected, load)
-    if cfg.arrivals == 1 or N == 0:
-        queue, queue_done, tail, routed, replica, rejected, _ = jax.lax.cond(
+    carry = (state.queue, state.queue_done, state.tail, state.routed, state.records)
+    if cfg.users:
+        # merge the step's trace arrivals with due closed-loop requests, by arrival time
+        rec = state.records
+        opened = first + jnp.arange(cfg.arrivals)
+        due = rec.pending
+        is_due = (due >= 0) & (rec.arr_step[jnp.maximum(due, 0)] <= s)
+        cand = jnp.concatenate([jnp.where(opened < last, opened, -1), jnp.where(is_due, due, -1)])
+        when = jnp.where(cand >= 0, _arrival(cfg, rec, jnp.maximum(cand, 0), s), jnp.inf)
+        order = cand[jnp.argsort(when)]
+        rec = rec._replace(pending=jnp.where(is_due, -1, rec.pending))
+        carry = carry[:4] + (rec,)
+        queue, queue_done, tail, routed, rec = jax.lax.fori_loop(
+            0, (cand >= 0).sum().astype(I32), lambda k, c: one(order[k].astype(I32), c), carry)
+    elif cfg.arrivals == 1 or N == 0:
+        queue, queue_done, tail, routed, rec = jax.lax.cond(
             last > first, lambda c: one(jnp.minimum(first, N - 1), c), lambda c: c, carry)
     else:
-        queue, queue_done, tail, routed, replica, rejected, _ = jax.lax.fori_loop(first, last, one, carry)
-    return state._replace(queue=queue, queue_done=queue_done, tail=tail, routed=routed,
-                          records=rec._replace(replica=replica, rejected=rejected))
+        queue, queue_done, tail, routed, rec = jax.lax.fori_loop(first, last, one, carry)
+    return state._replace(queue=queue, queue_done=queue_done, tail=tail, routed=routed, records=rec)
 
 
 # ------------------------------------------------------------------------------------------ one replica
@@ -165,7 +187,7 @@ def _admit(cfg: GroupConfig, req: Requests, s, kv_capacity, now, last_tau, slots
     j = jnp.arange(M)
     cand = queue[(head + j) % Q]
     in_queue = j < (tail - head)
-    arrival = (req.arrival_step[cand] - s).astype(F32) * dt + req.arrival_off[cand]
+    arrival = _arrival(cfg, rec, cand, s)
     history = queue_done[(head + j) % Q]
     arrived = in_queue & (arrival <= now)
     if cfg.priority:   # rank arrived candidates by (priority, queue position)
@@ -211,8 +233,8 @@ def _admit(cfg: GroupConfig, req: Requests, s, kv_capacity, now, last_tau, slots
     return slots, queue, queue_done, head + n_admit, admitted + n_admit, events, gate, swapped_in
 
 
-def _head_admissible(cfg: GroupConfig, req: Requests, s, kv_capacity, now, slots: Slots, queue, queue_done, head,
-                     tail):
+def _head_admissible(cfg: GroupConfig, req: Requests, rec: Records, s, kv_capacity, now, slots: Slots, queue, queue_done,
+                     head, tail):
     """Whether admission at ``now`` would take anyone (``now`` may have a leading axis W): the first
     candidate in admission order (the queue head, or the best-priority arrived request of the
     window) fits. If it does not, no one joins."""
@@ -222,13 +244,13 @@ def _head_admissible(cfg: GroupConfig, req: Requests, s, kv_capacity, now, slots
     if cfg.priority:
         j = jnp.arange(M)
         cand = queue[(head + j) % Q]
-        arrival = (req.arrival_step[cand] - s).astype(F32) * jnp.asarray(cfg.dt, F32) + req.arrival_off[cand]
+        arrival = _arrival(cfg, rec, cand, s)
         arrived = (j < tail - head) & (arrival <= jnp.expand_dims(now, -1))           # (..., M)
         best = jnp.argmin(jnp.where(arrived, req.priority[cand] * M + j, 2**30), axis=-1)
         nxt, done, any_arrived = cand[best], queue_done[(head + best) % Q], arrived.any(-1)
     else:
         nxt, done = queue[head % Q], queue_done[head % Q]
-        arrival = (req.arrival_step[nxt] - s).astype(F32) * jnp.asarray(cfg.dt, F32) + req.arrival_off[nxt]
+        arrival = _arrival(cfg, rec, nxt, s)
         any_arrived = (tail > head) & (arrival <= now)
     _, prompt, alloc, _ = _waiting(req, nxt, done)
     prefill_now = jnp.where(active, slots.prompt_left, 0).sum()
@@ -280,7 +302,7 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
     nobody = jnp.full(B, -1, I32)
 
     # --- admission
-    admit = _head_admissible(cfg, req, s, kv_capacity, now, slots, queue, queue_done, head, tail)
+    admit = _head_admissible(cfg, req, rec, s, kv_capacity, now, slots, queue, queue_done, head, tail)
     slots, queue, queue_done, head, admitted, admit_event, gate, swapped_in = _cond(
         admit, lambda: _admit(cfg, req, s, kv_capacity, now, last_tau, slots, queue, queue_done, head, tail, admitted,
                               rec),
@@ -329,7 +351,7 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
     busy = busy + tau
 
     if cfg.fast_forward:
-        slots, end, ff_finish, ff_time, ff_tau, ff_work, ff_last = _fast_forward(cfg, hw, req, s, kv_capacity, slots, end,
+        slots, end, ff_finish, ff_time, ff_tau, ff_work, ff_last = _fast_forward(cfg, hw, req, rec, s, kv_capacity, slots, end,
                                                                                   queue, queue_done, head, tail)
         last_tau = jnp.where(ff_tau > 0, ff_last, last_tau)
         finish_event = jnp.where(ff_finish >= 0, ff_finish, finish_event)
@@ -340,7 +362,7 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
     # idle: jump to the next arrival in the queue, else to the step end
     waiting = tail > head
     nxt = queue[head % Q]
-    next_arrival = (req.arrival_step[nxt] - s).astype(F32) * dt + req.arrival_off[nxt]
+    next_arrival = _arrival(cfg, rec, nxt, s)
     idle_to = jnp.where(waiting & (next_arrival > now), jnp.minimum(next_arrival, dt), dt)
     clock = jnp.where(running, end, jnp.maximum(now, idle_to))
     last_tau = jnp.where(running, last_tau, 0.0)
@@ -350,7 +372,22 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
     return (slots, clock, queue, queue_done, head, tail, admitted, last_tau, busy, work), events
 
 
-def _record(rec: Records, s, events) -> Records:
+def _schedule_next(cfg: GroupConfig, req: Requests, rec: Records, done, step, when) -> Records:
+    """For each request in ``done`` (-1 none) answered or rejected at (``step``, ``when``), make its
+    user's next request arrive a think time later."""
+    N = rec.arr_step.shape[0]
+    i = jnp.maximum(done, 0)
+    nxt = jnp.where(done >= 0, req.next_request[i], -1)
+    off = when + req.think[i]
+    carry = jnp.floor(off / cfg.dt).astype(I32)
+    target = jnp.where(nxt >= 0, nxt, N)
+    user = jnp.where(nxt >= 0, req.user[i], rec.pending.shape[0])
+    return rec._replace(arr_step=rec.arr_step.at[target].set((step + carry).astype(I32), mode="drop"),
+                        arr_off=rec.arr_off.at[target].set((off - carry.astype(F32) * cfg.dt).astype(F32), mode="drop"),
+                        pending=rec.pending.at[user].set(nxt.astype(I32), mode="drop"))
+
+
+def _record(cfg: GroupConfig, req: Requests, rec: Records, s, events) -> Records:
     """Write one decision's events (each (B,), request index or -1) into the per-request records."""
     admit, start, first, first_end, finish, finish_time, finish_gap, preempt, generated, last, gap = events
     N = rec.replica.shape[0]
@@ -360,6 +397,8 @@ def _record(rec: Records, s, events) -> Records:
         return field.at[jnp.where(index >= 0, index, N)].set(jnp.broadcast_to(values, index.shape).astype(field.dtype),
                                                               mode="drop")
 
+    if cfg.users:   # a reply lets the user think, then send its next request
+        rec = _schedule_next(cfg, req, rec, finish, step, finish_time)
     return rec._replace(
         admit_step=put(rec.admit_step, admit, step), admit_off=put(rec.admit_off, admit, start),
         first_step=put(rec.first_step, first, step), first_off=put(rec.first_off, first, first_end),
@@ -370,8 +409,8 @@ def _record(rec: Records, s, events) -> Records:
         preemptions=rec.preemptions.at[jnp.where(preempt >= 0, preempt, N)].add(1, mode="drop"))
 
 
-def _fast_forward(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capacity, slots: Slots, start, queue,
-                  queue_done, head, tail):
+def _fast_forward(cfg: GroupConfig, hw: HardwareParams, req: Requests, rec: Records, s, kv_capacity, slots: Slots,
+                  start, queue, queue_done, head, tail):
     """Run, in one vectorized evaluation, the pure-decode iterations that follow until the next
     event: an admission becomes possible, a request finishes (that iteration is included), the KV
     cache needs a block it does not have (preemption), the step ends, or W iterations are done.
@@ -404,7 +443,7 @@ def _fast_forward(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_cap
     # KV blocks needed during iteration w
     needed = jnp.where(active, _blocks(jnp.maximum(slots.alloc, context + 1), bs), 0).sum(-1)
     # would the oldest waiting request be admitted at the start of iteration w?
-    admits = _head_admissible(cfg, req, s, kv_capacity, begin, slots._replace(alloc=jnp.where(active, jnp.maximum(slots.alloc, context), 0)),
+    admits = _head_admissible(cfg, req, rec, s, kv_capacity, begin, slots._replace(alloc=jnp.where(active, jnp.maximum(slots.alloc, context), 0)),
                               queue, queue_done, head, tail)
     left = jnp.where(active, slots.target - slots.generated, 2**30).min()    # iteration left - 1 finishes
     ok = decoding & (begin < dt) & ~admits & (needed <= kv_capacity) & (w[:, 0] < left)
@@ -441,7 +480,7 @@ def _replica_step(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_cap
             out, events = _iteration(cfg, hw, req, s, kv_capacity, c, rec)
             # keep dtypes fixed whatever jax_enable_x64 promotes sums to
             out = jax.tree_util.tree_map(lambda x, like: x.astype(like.dtype), out, c)
-            return out, _record(rec, s, events)
+            return out, _record(cfg, req, rec, s, events)
 
         return jax.lax.cond(c[1] < dt, work, lambda c, rec: (c, rec), c, rec), None
 
@@ -500,7 +539,7 @@ def run(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capacity, checkp
     states instead of S (the forward result is the same). A non-empty ``progress`` label draws a
     progress bar on stderr (50 updates over the run, from a host callback)."""
     steps = req.step_first.shape[0] - 1
-    state = init(cfg, req.input_tokens.shape[0])
+    state = init(cfg, req)
     every = max(steps // 50, 1)
 
     def advance(st, s):

@@ -23,7 +23,7 @@ from .build import REJECT_REASONS, admission_window, build_group, reject_reasons
 from .metrics import summarize
 from .scenario import Scenario
 from .schedulers import SCHEDULERS
-from .simulate import Results, _group_rows, derived_columns, request_frame
+from .simulate import Results, _group_rows, derived_columns, issued, request_frame
 from .workload import Workload, build_workload
 
 ARRIVAL, FREE = 0, 1   # at equal times an arrival is seen by an engine that becomes free then
@@ -57,7 +57,20 @@ def _run_group(group, scenario, workload, rows, df):
     sched = SCHEDULERS[e.scheduler]
     B, bs, budget, M = e.max_batch_size, e.block_size, e.max_batch_tokens, admission_window(e)
     horizon = scenario.simulation.horizon_s
-    arrival = workload.arrival_s[rows]
+    arrival = workload.arrival_s[rows].copy()   # closed-loop rounds get theirs when the previous reply comes
+    closed = workload.closed_loop
+    if closed:
+        local = np.full(len(workload), -1)
+        local[rows] = np.arange(len(rows))
+        nxt = np.where(workload.next_request[rows] >= 0, local[np.maximum(workload.next_request[rows], 0)], -1)
+        think = workload.think_s[rows]
+
+    def send_next(i: int, t: float):
+        """Request i was answered or rejected at t: its user sends the next one a think time later."""
+        if closed and nxt[i] >= 0:
+            j = int(nxt[i])
+            arrival[j] = t + think[i]
+            heapq.heappush(events, (float(arrival[j]), ARRIVAL, j, j))
     inputs, outputs = workload.input_tokens[rows], workload.output_tokens[rows]
     priority = np.array([c.priority for c in scenario.clients])[workload.client[rows]]
     reasons = reject_reasons(group, workload, np.ones(len(workload), bool))[rows]
@@ -80,7 +93,7 @@ def _run_group(group, scenario, workload, rows, df):
     generated_final = np.zeros(n, np.int64)
     rejected = reasons > 0
     replicas = [_Replica(B) for _ in range(e.replicas)]
-    events = [(float(arrival[i]), ARRIVAL, i, i) for i in range(n)]
+    events = [(float(arrival[i]), ARRIVAL, i, i) for i in range(n) if np.isfinite(arrival[i])]
     heapq.heapify(events)
     seq = n
     routed = 0
@@ -163,6 +176,8 @@ def _run_group(group, scenario, workload, rows, df):
         rep.generated = rep.generated + logits
         finished = logits & (rep.generated >= rep.target)
         out["finish"][rep.req[finished]] = end
+        for i in rep.req[finished]:
+            send_next(int(i), end)
         generated_final[rep.req[finished]] = rep.target[finished]
         rep.req = np.where(finished, -1, rep.req)
         rep.alloc = np.where(finished, 0, rep.alloc)
@@ -178,6 +193,7 @@ def _run_group(group, scenario, workload, rows, df):
             break
         if kind == ARRIVAL:
             if rejected[who]:
+                send_next(who, time)
                 continue
             if e.router == "round_robin":
                 r = routed % e.replicas
@@ -200,6 +216,7 @@ def _run_group(group, scenario, workload, rows, df):
     status = np.where(np.isfinite(out["finish"]), "finished", "unfinished").astype(object)
     status[rejected] = "rejected"
     df.loc[rows, "replica"] = replica_of
+    df.loc[rows, "arrival_s"] = arrival
     df.loc[rows, "admit_s"] = out["admit"]
     df.loc[rows, "first_token_s"] = out["first"]
     df.loc[rows, "finish_s"] = out["finish"]
@@ -221,5 +238,5 @@ def simulate_reference(scenario: Scenario, workload: Workload | None = None) -> 
             precise = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
             group = group.astype(precise)
             _run_group(group, scenario, workload, rows, df)
-    df = derived_columns(df)
+    df = derived_columns(issued(df, scenario))
     return Results(df, pd.DataFrame(), summarize(df, pd.DataFrame(), scenario))

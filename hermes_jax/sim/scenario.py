@@ -207,6 +207,8 @@ class Client:
     priority: int = 0
     trace: dict = field(default_factory=dict)   # {path, format, rate_scale, start_s, end_s, arrival}
     max_requests: int = 0        # keep only the first N requests (0: all)
+    users: int = 0               # closed loop: N users, each sending its next request after a think time
+    think_time_s: float = 0.0    # mean think time (exponential) between a reply and the next request
 
     @staticmethod
     def parse(data: dict, index: int, where: _Where, base: Path | None) -> "Client":
@@ -215,7 +217,7 @@ class Client:
             raise where.error("client", index, "", "name", "required (a non-empty string)")
         _check_keys(where, "client", index, name, data,
                     {"name", "engine", "arrival", "input_tokens", "output_tokens", "slo", "priority", "trace",
-                     "max_requests"})
+                     "max_requests", "users", "think_time_s"})
         if not isinstance(data.get("engine"), str):
             raise where.error("client", index, name, "engine", "required (the name of an [[engine]])")
         slo = data.get("slo", {})
@@ -241,8 +243,14 @@ class Client:
             if "arrival" in trace:   # lengths from the trace, in order; arrival times drawn anew
                 trace["arrival"] = _arrival(where, index, name, trace["arrival"], "trace.arrival")
             return Client(**common, trace=trace)
-        arrival = _arrival(where, index, name, data.get("arrival"), "arrival")
         lengths = {k: Distribution.parse(data.get(k), where, index, name, k, base) for k in ("input_tokens", "output_tokens")}
+        if "users" in data or "think_time_s" in data:   # closed loop
+            if "arrival" in data:
+                raise where.error("client", index, name, "arrival", "give either arrival (open loop) or users and "
+                                  "think_time_s (closed loop), not both")
+            return Client(**common, users=_positive(where, "client", index, name, data, "users", integer=True),
+                          think_time_s=_positive(where, "client", index, name, data, "think_time_s"), **lengths)
+        arrival = _arrival(where, index, name, data.get("arrival"), "arrival")
         return Client(**common, arrival=arrival, **lengths)
 
 

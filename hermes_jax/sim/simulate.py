@@ -33,6 +33,7 @@ def request_frame(workload: Workload, scenario: Scenario) -> pd.DataFrame:
     n = len(workload)
     clients = scenario.clients
     names = np.array(workload.client_names, dtype=object)
+    user = workload.user if workload.user is not None else np.full(n, -1)
     return pd.DataFrame({
         "request": np.arange(n), "client": names[workload.client],
         "engine": np.array([c.engine for c in clients], dtype=object)[workload.client], "arrival_s": workload.arrival_s,
@@ -41,7 +42,12 @@ def request_frame(workload: Workload, scenario: Scenario) -> pd.DataFrame:
         "generated": 0,
         "preemptions": 0, "status": "unfinished", "reject_reason": "",
         "slo_ttft_s": np.array([c.slo_ttft_s for c in clients])[workload.client],
-        "slo_tpot_s": np.array([c.slo_tpot_s for c in clients])[workload.client]})
+        "slo_tpot_s": np.array([c.slo_tpot_s for c in clients])[workload.client], "user": user})
+
+
+def issued(df: pd.DataFrame, scenario: Scenario) -> pd.DataFrame:
+    """Drop closed-loop rounds whose user never sent them before the horizon."""
+    return df[df.arrival_s < scenario.simulation.horizon_s].reset_index(drop=True)
 
 
 def derived_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -67,10 +73,21 @@ def prepare(group: EngineGroup, scenario: Scenario, workload: Workload, rows: np
     sim = scenario.simulation
     reasons = reject_reasons(group, workload, np.ones(len(workload), bool))[rows]
     priority = np.array([c.priority for c in scenario.clients])[workload.client[rows]]
+    closed, users = {}, 0
+    if workload.closed_loop:   # closed-loop links and user ids, renumbered within this group
+        local = np.full(len(workload), -1)
+        local[rows] = np.arange(len(rows))
+        nxt = workload.next_request[rows]
+        user = workload.user[rows]
+        ids, user_local = np.unique(np.where(user >= 0, user, -1), return_inverse=True)
+        user_local = np.where(user >= 0, user_local - int((ids < 0).any()), -1)
+        users = int((ids >= 0).sum())
+        closed = dict(next_request=np.where(nxt >= 0, local[np.maximum(nxt, 0)], -1), think_s=workload.think_s[rows],
+                      user=user_local)
     req, steps = device_requests(workload.arrival_s[rows], workload.input_tokens[rows], workload.output_tokens[rows],
-                                 reasons == 0, sim.dt_s, sim.horizon_s, priority)
+                                 reasons == 0, sim.dt_s, sim.horizon_s, priority, **closed)
     per_step = np.diff(np.asarray(req.step_first))
-    cfg = group_config(group, scenario, max(int(per_step.max(initial=0)), 1), queue=max(len(rows), 1))
+    cfg = group_config(group, scenario, max(int(per_step.max(initial=0)), 1), queue=max(len(rows), 1), users=users)
     return cfg, req, reasons, steps
 
 
@@ -94,7 +111,7 @@ def simulate(scenario: Scenario, workload: Workload | None = None, progress: boo
         extra["kv_blocks"][entry.name] = list(group.replica_kv)
         series.append(timeseries_frame(entry.name, trace, dt, group))
         capability[entry.name] = (float(group.params.peak(group.spec.compute_dtype)), float(group.params.hbm_bandwidth))
-    df = derived_columns(df)
+    df = derived_columns(issued(df, scenario))
     ts = pd.concat(series, ignore_index=True) if series else pd.DataFrame()
     return Results(df, ts, summarize(df, ts, scenario, capability), extra)
 
@@ -106,6 +123,8 @@ def fill_records(df: pd.DataFrame, rows: np.ndarray, state, reasons: np.ndarray,
         return np.where(step >= 0, step.astype(np.float64) * dt + off.astype(np.float64), np.nan)
 
     df.loc[rows, "replica"] = rec.replica
+    # closed-loop requests get their arrival when the previous reply comes (never sent: inf)
+    df.loc[rows, "arrival_s"] = np.where(rec.arr_step < 2**30 - 1, rec.arr_step * dt + rec.arr_off.astype(np.float64), np.inf)
     df.loc[rows, "admit_s"] = when(rec.admit_step, rec.admit_off)
     df.loc[rows, "first_token_s"] = when(rec.first_step, rec.first_off)
     df.loc[rows, "finish_s"] = when(rec.finish_step, rec.finish_off)

@@ -19,6 +19,9 @@ class Requests(NamedTuple):
     output_tokens: jax.Array  # (N,) int32 tokens (>= 1)
     admissible: jax.Array     # (N,) bool, False: rejected before routing (too long for the model or KV)
     priority: jax.Array       # (N,) int32, smaller is admitted first when the engine orders by priority
+    next_request: jax.Array   # (N,) int32, closed loop: the user's next request (-1: none)
+    think: jax.Array          # (N,) float32 s, closed loop: think time after this request's reply
+    user: jax.Array           # (N,) int32, closed-loop user (-1: open loop)
     step_first: jax.Array     # (S + 1,) int32, index of the first request arriving in each step
 
 
@@ -53,6 +56,9 @@ class Records(NamedTuple):
     max_itl: jax.Array        # (N,) float32 s, longest inter-token gap (at finish, or at the last preemption)
     last_step: jax.Array      # (N,) int32, step of the last token before the last preemption (-1: none)
     last_off: jax.Array       # (N,) float32 s, its offset
+    arr_step: jax.Array       # (N,) int32, arrival step (closed-loop requests: set when the previous reply comes)
+    arr_off: jax.Array        # (N,) float32 s, arrival offset in that step
+    pending: jax.Array        # (U,) int32, per closed-loop user the request waiting to be routed (-1: none)
 
 
 class SimState(NamedTuple):

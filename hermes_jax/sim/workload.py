@@ -31,6 +31,15 @@ class Workload:
     client: np.ndarray          # index into client_names
     client_names: tuple[str, ...]
     hash_ids: list | None = None   # per request list of prefix-block hashes (Mooncake), else None
+    # closed-loop clients: request i's reply (or rejection) at time t makes next_request[i] arrive at
+    # t + think_s[i]; those requests have arrival_s = inf until then. -1 / 0 for open-loop requests.
+    next_request: np.ndarray | None = None   # (N,) int
+    think_s: np.ndarray | None = None        # (N,) s
+    user: np.ndarray | None = None           # (N,) int, closed-loop user id (global), -1 open loop
+
+    @property
+    def closed_loop(self) -> bool:
+        return self.user is not None and bool((self.user >= 0).any())
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -188,13 +197,37 @@ def _from_trace(client: Client, horizon: float, rng: np.random.Generator) -> pd.
     return df[df.arrival_s < horizon]
 
 
+def _closed_loop(client: Client, horizon: float, rng: np.random.Generator, first_user: int) -> pd.DataFrame:
+    """Rounds of ``client.users`` users: round 0 arrives after a first think time, round k + 1 a
+    think time after round k's reply. Enough rounds are drawn for every user to stay busy to the
+    horizon unless the server answers faster than ~1/4 of the mean think time (then a user that
+    runs out is reported by the simulators). Rows are user-major; next_source links the rounds."""
+    users = client.users
+    rounds = int(min(np.ceil(4 * horizon / client.think_time_s) + 8, max(2_000_000 // users, 2)))
+    n = users * rounds
+    think = rng.exponential(client.think_time_s, n)
+    first = think.reshape(users, rounds)[:, 0]
+    arrival = np.full((users, rounds), np.inf)
+    arrival[:, 0] = first
+    nxt = np.arange(n) + 1
+    nxt = np.where(np.arange(n) % rounds == rounds - 1, -1, nxt)
+    return pd.DataFrame({"arrival_s": arrival.ravel(), "input_tokens": lengths(client.input_tokens, n, rng),
+                         "output_tokens": lengths(client.output_tokens, n, rng), "think_s": np.roll(think, -1),
+                         "next_source": nxt.astype(float), "user": np.repeat(np.arange(users) + first_user, rounds)})
+
+
 def build_workload(scenario: Scenario, seed: int | None = None) -> Workload:
     """All clients' requests merged in arrival order; same seed, same requests."""
     rng = np.random.default_rng(scenario.simulation.seed if seed is None else seed)
     horizon = scenario.simulation.horizon_s
-    frames = []
+    frames, users_before = [], 0
     for index, client in enumerate(scenario.clients):
-        if client.trace:
+        if client.users:
+            df = _closed_loop(client, horizon, rng, users_before)
+            offset = sum(len(f) for f in frames)
+            df["next_source"] = np.where(df.next_source >= 0, df.next_source + offset, -1)
+            users_before += client.users
+        elif client.trace:
             df = _from_trace(client, horizon, rng)
         else:
             a = client.arrival
@@ -204,8 +237,17 @@ def build_workload(scenario: Scenario, seed: int | None = None) -> Workload:
         if client.max_requests:
             df = df.iloc[:client.max_requests]
         frames.append(df.assign(client=index))
-    df = pd.concat(frames, ignore_index=True).sort_values("arrival_s", kind="stable").reset_index(drop=True)
+    df = pd.concat(frames, ignore_index=True)
+    df["source"] = np.arange(len(df))
+    df = df.sort_values("arrival_s", kind="stable").reset_index(drop=True)
     hashes = list(df.hash_ids) if "hash_ids" in df else None
+    closed = {}
+    if "user" in df and (df.user.fillna(-1) >= 0).any():
+        position = np.empty(len(df), np.int64)
+        position[df.source.to_numpy()] = np.arange(len(df))      # where each original row went
+        nxt = df.next_source.fillna(-1).to_numpy(np.int64)
+        closed = dict(next_request=np.where(nxt >= 0, position[np.maximum(nxt, 0)], -1),
+                      think_s=df.think_s.fillna(0.0).to_numpy(float), user=df.user.fillna(-1).to_numpy(np.int64))
     return Workload(arrival_s=df.arrival_s.to_numpy(float), input_tokens=df.input_tokens.to_numpy(np.int64),
                     output_tokens=df.output_tokens.to_numpy(np.int64), client=df.client.to_numpy(np.int64),
-                    client_names=tuple(c.name for c in scenario.clients), hash_ids=hashes)
+                    client_names=tuple(c.name for c in scenario.clients), hash_ids=hashes, **closed)
