@@ -98,3 +98,13 @@ def test_closed_loop_client_from_toml(tmp_path):
     both = text.replace("users = 4", 'users = 4\narrival = { process = "poisson", rate_per_s = 5.0 }')
     with pytest.raises(ConfigError, match="not both"):
         load_scenario(write(tmp_path, "d.toml", both))
+
+
+def test_every_shipped_scenario_loads():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    paths = sorted((root / "hermes_jax" / "scenarios").glob("*.toml")) + sorted((root / "benchmarks" / "scenarios").glob("*.toml"))
+    assert len(paths) >= 5
+    for path in paths:
+        scenario = load_scenario(path)
+        assert scenario.engines and scenario.clients, path
