@@ -51,7 +51,7 @@ def timed(fn, repeat=3):
 
 def vidur_available() -> str:
     try:
-        import vidur  # noqa: F401
+        import vidur  # noqa: F401  (only probing whether it is installed)
         return "installed"
     except ImportError:
         return "not installed (its release downloads profiles at run time, which fails offline)"
@@ -156,7 +156,7 @@ def bench_dt(lines, horizon):
     t = time.perf_counter()
     exact = simulate_reference(scenario)
     t_ref = time.perf_counter() - t
-    lines += [f"### (e) Error against the exact reference as dt varies", "",
+    lines += ["### (e) Error against the exact reference as dt varies", "",
               f"Two Llama-3.1-8B H100 replicas, least-outstanding router (the only part dt touches), chunked prefill, "
               f"Poisson 30/s, uniform 100-900 input tokens, {horizon:g} s; reference (heap, float64) {t_ref:.1f} s.", "",
               "| dt s | TTFT p50 err | TTFT p99 err | E2E p50 err | E2E p99 err | requests routed differently | after compile s |",

@@ -16,7 +16,7 @@ from ..hardware.params import HardwareParams, stack
 from ..iteration import iteration_cost
 from ..models.config import get_model
 from ..models.operators import Parallelism, kv_bytes_per_token_per_device, weight_bytes_per_device
-from .engine import GroupConfig
+from .group import GroupConfig
 from .scenario import Engine, Scenario
 from .schedulers import SCHEDULERS
 from .state import Requests

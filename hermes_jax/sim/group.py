@@ -1,0 +1,70 @@
+"""Static configuration of an engine group and the small array helpers its simulation shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from ..engine import EngineSpec
+from .estimators import Pathwise
+from .state import Records
+
+I32, F32 = jnp.int32, jnp.float32
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """Static configuration of an engine group (shapes, policies, counts)."""
+
+    spec: EngineSpec
+    replicas: int
+    slots: int                 # B = max_batch_size
+    queue: int                 # Q, waiting requests per replica
+    admit: int                 # candidates examined per admission
+    block_size: int            # tokens per KV block
+    max_batch_tokens: int
+    scheduler: object
+    router: str
+    dt: float                  # s
+    iterations: int            # cap on scheduler decisions per replica per step
+    fast_forward: int          # W, pure-decode iterations evaluated at once after a decision (0: off)
+    arrivals: int              # cap on arrivals per step (max over the trace)
+    estimator: object = Pathwise()   # how admission decisions enter gradients (see estimators.py)
+    priority: bool = False     # admit by request priority (smaller first), then queue order; else FCFS
+    users: int = 0             # closed-loop users (0: open loop only)
+    swap_tokens: int = 0       # host swap space per replica in KV tokens (0: preempt by recompute)
+    kv_token_bytes: float = 0.0  # B of KV per token per device (swap transfers)
+
+
+def blocks(tokens, block_size):
+    return (tokens + block_size - 1) // block_size
+
+
+def cumsum(x):
+    """Inclusive prefix sum along the last axis (booleans count as 0/1)."""
+    return jnp.cumsum(x.astype(I32) if x.dtype == bool else x, axis=-1)
+
+
+def prefix_length(ok):
+    """Number of leading True entries of a vector."""
+    return jnp.where(ok.all(), ok.shape[-1], jnp.argmin(ok)).astype(I32)
+
+
+def inverse_permutation(perm):
+    return jnp.zeros_like(perm).at[perm].set(jnp.arange(perm.shape[-1], dtype=perm.dtype))
+
+
+def cond(pred, compute, unchanged):
+    """``compute()`` if ``pred`` else ``unchanged``, with the result cast to ``unchanged``'s dtypes
+    (sums promote to int64 under jax_enable_x64)."""
+    def run():
+        return jax.tree_util.tree_map(lambda x, like: x.astype(like.dtype), compute(), unchanged)
+    return jax.lax.cond(pred, run, lambda: unchanged)
+
+
+def arrival_time(cfg: GroupConfig, rec: Records, index, s):
+    """Arrival time(s) of requests ``index`` relative to the start of step ``s`` (s). Read from the
+    records: closed-loop requests get theirs when the previous reply comes."""
+    return (rec.arr_step[index] - s).astype(F32) * jnp.asarray(cfg.dt, F32) + rec.arr_off[index]
