@@ -14,6 +14,7 @@ benchmarks/README.md. Run: python benchmarks/bench_simulator.py [--quick]
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import re
@@ -50,11 +51,9 @@ def timed(fn, repeat=3):
 
 
 def vidur_available() -> str:
-    try:
-        import vidur  # noqa: F401  (only probing whether it is installed)
-        return "installed"
-    except ImportError:
-        return "not installed (its release downloads profiles at run time, which fails offline)"
+    if importlib.util.find_spec("vidur") is not None:
+        return "installed, but not run here: its release downloads its profiles at run time"
+    return "not installed (its release downloads profiles at run time, which fails offline)"
 
 
 def bench_vidur(lines):
