@@ -21,6 +21,8 @@ SCENARIOS = {
                       'engine.e0.preemption="swap"', "engine.e0.swap_space_gb=0.3"],
     "priority_two_clients": ["simulation.horizon_s=20", "client.chat.arrival.rate_per_s=25", 'engine.e0.queue_order="priority"',
                              "engine.e0.max_batch_size=8", "client.chat.priority=1"],
+    "least_kv_3_replicas": ["simulation.horizon_s=20", "simulation.dt_s=0.5", "engine.e0.replicas=3", 'engine.e0.router="least_kv"',
+                            "client.chat.arrival.rate_per_s=25", 'client.chat.input_tokens={dist="uniform",low=100,high=900}'],
     "closed_loop_users": ["simulation.horizon_s=20", "engine.e0.replicas=2"],
     "heterogeneous_replicas": ["simulation.horizon_s=20", "simulation.dt_s=0.1", "engine.e0.replicas=2",
                                'engine.e0.hardware=["h100-sxm", "a100-80gb"]',

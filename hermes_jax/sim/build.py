@@ -145,7 +145,10 @@ def group_config(group: EngineGroup, scenario: Scenario, arrivals_per_step: int,
                        admit=admission_window(e),
                        block_size=e.block_size, max_batch_tokens=e.max_batch_tokens, scheduler=SCHEDULERS[e.scheduler],
                        router=e.router, dt=sim.dt_s, iterations=iterations, fast_forward=width, arrivals=arrivals_per_step,
-                       priority=e.queue_order == "priority", users=users, **swap_config(group))
+                       priority=e.queue_order == "priority", users=users,
+                       # state-dependent routers see the replicas at each exact arrival (not with closed loop)
+                       route_each_arrival=e.replicas > 1 and e.router != "round_robin" and users == 0,
+                       **swap_config(group))
 
 
 def device_requests(arrival_s: np.ndarray, input_tokens, output_tokens, admissible, dt: float, horizon: float,

@@ -57,7 +57,8 @@ class DifferentiableSim:
             raise ConfigError(f"{scenario.source}: no client sends requests to engine {entry.name!r}")
         self.group = build_group(entry)
         cfg, self.requests, reasons, _ = prepare(self.group, scenario, workload, rows)
-        self.cfg = type(cfg)(**{**cfg.__dict__, "estimator": estimator})
+        # routing at step starts keeps the scan reverse-differentiable (no loop over arrivals)
+        self.cfg = type(cfg)(**{**cfg.__dict__, "estimator": estimator, "route_each_arrival": False})
         self.kv = self.group.kv_array()
         self.params: HardwareParams = self.group.params
         self.dt = scenario.simulation.dt_s

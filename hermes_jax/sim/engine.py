@@ -1,7 +1,7 @@
 """Time-stepped simulation of one engine group (R replicas of one EngineSpec) as a pure init/step pair.
 
-Each step of ``dt`` first routes the requests arriving in the step to replicas (the router sees the
-replicas as they are at the step start), then lets every replica make up to ``iterations``
+Each step of ``dt`` routes the requests arriving in the step to replicas (a state-dependent router
+sees the replicas as they are at each arrival's exact time) and lets every replica make up to ``iterations``
 scheduler decisions back to back. A decision happens when its replica becomes free, at a continuous
 time: the scheduler admits queued requests that have arrived by then, preempts (recompute) the
 newest requests if the KV cache would overflow, composes the batch and runs one iteration taking
@@ -10,7 +10,7 @@ fast-forwards the pure-decode iterations that follow until the next event (an ad
 possible, a request finishes, the KV cache needs a block it lacks, the step ends), evaluated in one
 vectorized call: between events the batch is fixed, so this is exact. If a replica still has work
 when its decision cap is reached, it continues in the next step from its own clock (counted in
-``deferred``); only routing depends on ``dt``.
+``deferred``).
 
 Work per step is O(R (A + decisions * (B + W))): it grows with load and events, not with the length
 of the trace.
@@ -55,13 +55,12 @@ def init(cfg: GroupConfig, req: Requests) -> SimState:
                     routed=jnp.zeros((), I32), deferred=jnp.zeros((), I32), records=records)
 
 
-def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capacity, carry, rec: Records):
+def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capacity, carry, rec: Records, limit):
     """One scheduler decision plus one engine iteration on one replica (then fast-forwarded decode
     iterations); returns the carry and the events (B,). Admission and preemption sit behind
     ``lax.cond`` on cheap tests, so a single replica skips them when nothing can happen."""
     slots, clock, queue, queue_done, head, tail, admitted, last_tau, busy, work = carry
     B, Q, bs = cfg.slots, cfg.queue, cfg.block_size
-    dt = jnp.asarray(cfg.dt, F32)
     now = clock
     nobody = jnp.full(B, -1, I32)
 
@@ -116,7 +115,7 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
 
     if cfg.fast_forward:
         slots, end, ff_finish, ff_time, ff_tau, ff_work, ff_last = fast_forward(cfg, hw, req, rec, s, kv_capacity, slots, end,
-                                                                                  queue, queue_done, head, tail)
+                                                                                  queue, queue_done, head, tail, limit)
         last_tau = jnp.where(ff_tau > 0, ff_last, last_tau)
         finish_event = jnp.where(ff_finish >= 0, ff_finish, finish_event)
         finish_time = jnp.where(ff_finish >= 0, ff_time, finish_time)
@@ -127,7 +126,7 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
     waiting = tail > head
     nxt = queue[head % Q]
     next_arrival = arrival_time(cfg, rec, nxt, s)
-    idle_to = jnp.where(waiting & (next_arrival > now), jnp.minimum(next_arrival, dt), dt)
+    idle_to = jnp.where(waiting & (next_arrival > now), jnp.minimum(next_arrival, limit), limit)
     clock = jnp.where(running, end, jnp.maximum(now, idle_to))
     last_tau = jnp.where(running, last_tau, 0.0)
     # event times per slot, each with its request's (zero-valued) gradient correction
@@ -158,41 +157,40 @@ def _record(cfg: GroupConfig, req: Requests, rec: Records, s, events) -> Records
         preemptions=rec.preemptions.at[jnp.where(preempted >= 0, preempted, N)].add(1, mode="drop"))
 
 
-def _replica_step(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capacity, carry, records: Records):
-    """Up to ``cfg.iterations`` scheduler decisions of one replica inside step ``s``, each writing
-    its events straight into ``records``. A fixed-length scan of ``lax.cond`` (not a while loop)
-    keeps it reverse-differentiable; the cond skips the work of decisions not needed."""
-    dt = jnp.asarray(cfg.dt, F32)
+def _replica_step(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capacity, carry, records: Records, limit):
+    """Up to ``cfg.iterations`` scheduler decisions of one replica that start before ``limit`` (s from
+    the step start), each writing its events straight into ``records``. A fixed-length scan of
+    ``lax.cond`` (not a while loop) keeps it reverse-differentiable; the cond skips the work of
+    decisions not needed."""
 
     def body(state, _):
         c, rec = state
 
         def work(c, rec):
-            out, events = _iteration(cfg, hw, req, s, kv_capacity, c, rec)
+            out, events = _iteration(cfg, hw, req, s, kv_capacity, c, rec, limit)
             # keep dtypes fixed whatever jax_enable_x64 promotes sums to
             out = jax.tree_util.tree_map(lambda x, like: x.astype(like.dtype), out, c)
             return out, _record(cfg, req, rec, s, events)
 
-        return jax.lax.cond(c[1] < dt, work, lambda c, rec: (c, rec), c, rec), None
+        return jax.lax.cond(c[1] < limit, work, lambda c, rec: (c, rec), c, rec), None
 
     zero = (jnp.zeros((), F32), jnp.zeros(2, F32))
     (carry, records), _ = jax.lax.scan(body, (carry + zero, records), None, length=cfg.iterations)
     return carry, records
 
 
-def step(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capacity, state: SimState, s):
-    """Advance every replica by one ``dt`` step. ``hw`` has a leading replica axis (R).
-
-    Replicas run one after another (a loop, not a vmap) so they share one request record and a
-    single replica's conditionals really skip work; within a step they do not interact."""
-    state = route(cfg, state, req, kv_capacity, s)
+def _run_replicas(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capacity, state: SimState, s, limit):
+    """Every replica's decisions that start before ``limit``; returns the state and per-replica
+    busy seconds (R,) and [FLOP, bytes] (R, 2). Replicas run one after another (a loop, not a vmap)
+    so they share one request record and a single replica's conditionals really skip work."""
     fields = (state.slots, state.clock, state.queue, state.queue_done, state.head, state.tail, state.admitted,
               state.last_tau)
 
     def one(r, acc):
         per, rec, busy, work = acc
         mine = jax.tree_util.tree_map(lambda x: x[r], per)
-        out, rec = _replica_step(cfg, jax.tree_util.tree_map(lambda x: x[r], hw), req, s, kv_capacity[r], mine, rec)
+        out, rec = _replica_step(cfg, jax.tree_util.tree_map(lambda x: x[r], hw), req, s, kv_capacity[r], mine, rec,
+                                 limit)
         per = jax.tree_util.tree_map(lambda x, y: x.at[r].set(y), per, out[:8])
         return per, rec, busy.at[r].set(out[8]), work.at[r].set(out[9])
 
@@ -200,14 +198,39 @@ def step(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capacity, state
     acc = (fields, state.records, jnp.zeros(R, F32), jnp.zeros((R, 2), F32))
     acc = one(0, acc) if R == 1 else jax.lax.fori_loop(0, R, one, acc)
     (slots, clock, queue, queue_done, head, tail, admitted, last_tau), rec, busy, work = acc
+    state = state._replace(slots=slots, clock=clock, queue=queue, queue_done=queue_done, head=head, tail=tail,
+                           admitted=admitted, last_tau=last_tau, records=rec)
+    return state, busy, work
+
+
+def step(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capacity, state: SimState, s):
+    """Advance every replica by one ``dt`` step. ``hw`` has a leading replica axis (R).
+
+    Routing sees the replicas at the step start, except with ``cfg.route_each_arrival``: then the
+    replicas run up to each arrival of the step before it is routed, as in the exact reference (a
+    while loop over the arrivals: forward only)."""
+    dt = jnp.asarray(cfg.dt, F32)
+    if cfg.route_each_arrival:
+        def arrive(i, carry):
+            st, busy, work = carry
+            st, b, w = _run_replicas(cfg, hw, req, kv_capacity, st, s, arrival_time(cfg, st.records, i, s))
+            return route(cfg, st, req, kv_capacity, s, i, i + 1), busy + b, work + w
+
+        zero = (jnp.zeros(cfg.replicas, F32), jnp.zeros((cfg.replicas, 2), F32))
+        state, busy, work = jax.lax.fori_loop(req.step_first[s], req.step_first[s + 1], arrive, (state,) + zero)
+        state, b, w = _run_replicas(cfg, hw, req, kv_capacity, state, s, dt)
+        busy, work = busy + b, work + w
+    else:
+        state = route(cfg, state, req, kv_capacity, s)
+        state, busy, work = _run_replicas(cfg, hw, req, kv_capacity, state, s, dt)
+    slots, clock, tail, head = state.slots, state.clock, state.tail, state.head
     # A replica whose clock is still inside the step ran out of decisions: it goes on next step.
     deferred = state.deferred + jnp.any(clock < cfg.dt).astype(I32)
     trace = StepTrace(batch=(slots.req >= 0).sum(-1).astype(I32),
                       kv_blocks=blocks(slots.alloc, cfg.block_size).sum(-1).astype(I32),
                       busy_s=busy, queued=(tail - head).astype(I32), flop=work[:, 0], bytes=work[:, 1])
-    new_state = SimState(slots=slots._replace(last_token=slots.last_token - cfg.dt), clock=clock - cfg.dt, queue=queue, queue_done=queue_done, head=head, tail=tail,
-                         admitted=admitted, last_tau=last_tau, routed=state.routed, deferred=deferred,
-                         records=rec)
+    new_state = state._replace(slots=slots._replace(last_token=slots.last_token - cfg.dt), clock=clock - cfg.dt,
+                               deferred=deferred)
     return new_state, trace
 
 

@@ -12,7 +12,7 @@ from .state import Records, Requests, Slots
 
 
 def fast_forward(cfg: GroupConfig, hw: HardwareParams, req: Requests, rec: Records, s, kv_capacity, slots: Slots,
-                  start, queue, queue_done, head, tail):
+                  start, queue, queue_done, head, tail, limit):
     """Run, in one vectorized evaluation, the pure-decode iterations that follow until the next
     event: an admission becomes possible, a request finishes (that iteration is included), the KV
     cache needs a block it does not have (preemption), the step ends, or W iterations are done.
@@ -22,7 +22,6 @@ def fast_forward(cfg: GroupConfig, hw: HardwareParams, req: Requests, rec: Recor
     the finishing slots' requests (B,) (-1 none) and times, and the busy time and work added.
     """
     W, bs = cfg.fast_forward, cfg.block_size
-    dt = jnp.asarray(cfg.dt, F32)
     ids = slots.req
     active = ids >= 0
     n_active = active.sum()
@@ -48,7 +47,7 @@ def fast_forward(cfg: GroupConfig, hw: HardwareParams, req: Requests, rec: Recor
     admits = head_admissible(cfg, req, rec, s, kv_capacity, begin, slots._replace(alloc=jnp.where(active, jnp.maximum(slots.alloc, context), 0)),
                               queue, queue_done, head, tail)
     left = jnp.where(active, slots.target - slots.generated, 2**30).min()    # iteration left - 1 finishes
-    ok = decoding & (begin < dt) & ~admits & (needed <= kv_capacity) & (w[:, 0] < left)
+    ok = decoding & (begin < limit) & ~admits & (needed <= kv_capacity) & (w[:, 0] < left)
     n = prefix_length(ok)
     ok = w[:, 0] < n
     end = jnp.where(n > 0, start + jnp.where(ok, tau, 0.0).sum(), start)

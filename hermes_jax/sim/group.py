@@ -34,6 +34,7 @@ class GroupConfig:
     estimator: object = Pathwise()   # how admission decisions enter gradients (see estimators.py)
     priority: bool = False     # admit by request priority (smaller first), then queue order; else FCFS
     users: int = 0             # closed-loop users (0: open loop only)
+    route_each_arrival: bool = False   # run replicas up to each arrival before routing it (exact, forward only)
     swap_tokens: int = 0       # host swap space per replica in KV tokens (0: preempt by recompute)
     kv_token_bytes: float = 0.0  # B of KV per token per device (swap transfers)
 

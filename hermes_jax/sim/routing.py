@@ -9,12 +9,13 @@ from .group import I32, F32, GroupConfig, arrival_time, blocks
 from .state import Records, Requests, SimState
 
 
-def route(cfg: GroupConfig, state: SimState, req: Requests, kv_capacity, s):
+def route(cfg: GroupConfig, state: SimState, req: Requests, kv_capacity, s, first=None, last=None):
     """Append the requests arriving in step ``s`` to replica queues, in arrival order: the trace's
     (open-loop) arrivals of the step plus closed-loop requests whose think time ended by the step's
     end. Only integer state (and the closed-loop schedule) is touched, so the loop runs over the
     actual arrivals (a while loop) and stays out of gradients."""
-    first, last = req.step_first[s], req.step_first[s + 1]
+    if first is None:   # every trace arrival of the step (else the index range given)
+        first, last = req.step_first[s], req.step_first[s + 1]
     N = req.input_tokens.shape[0]
     blocks_used = blocks(state.slots.alloc, cfg.block_size).sum(-1)
     load = (state.slots.req >= 0).sum(-1)
@@ -28,9 +29,10 @@ def route(cfg: GroupConfig, state: SimState, req: Requests, kv_capacity, s):
             r = jnp.argmin(load + tail - state.head)
         else:  # least_kv: smallest share of KV blocks in use
             r = jnp.argmin(blocks_used / kv_capacity)
+        r = jnp.asarray(r, I32)
         push = ok & ((tail[r] - state.head[r]) < cfg.queue)
         at = jnp.where(push, tail[r] % cfg.queue, cfg.queue)          # out of range: dropped
-        queue = queue.at[r, at].set(i, mode="drop")
+        queue = queue.at[r, at].set(jnp.asarray(i, I32), mode="drop")
         queue_done = queue_done.at[r, at].set(-1, mode="drop")
         tail = tail.at[r].add(push.astype(I32))
         rec = rec._replace(replica=rec.replica.at[i].set(jnp.where(push, r, -1)), rejected=rec.rejected.at[i].set(~push))
