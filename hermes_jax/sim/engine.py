@@ -3,7 +3,7 @@
 Each step of ``dt`` routes the requests arriving in the step to replicas (a state-dependent router
 sees the replicas as they are at each arrival's exact time) and lets every replica make up to ``iterations``
 scheduler decisions back to back. A decision happens when its replica becomes free, at a continuous
-time: the scheduler admits queued requests that have arrived by then, preempts (recompute) the
+time: the scheduler admits queued requests that have arrived by then, preempts (recompute or swap) the
 newest requests if the KV cache would overflow, composes the batch and runs one iteration taking
 its service time (``iteration_cost``), so latencies are never quantized to ``dt``. It then
 fast-forwards the pure-decode iterations that follow until the next event (an admission becomes
