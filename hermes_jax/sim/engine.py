@@ -67,8 +67,8 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
     # --- admission
     joins = head_admissible(cfg, req, rec, s, kv_capacity, now, slots, queue, queue_done, head, tail)
     slots, queue, queue_done, head, admitted, admit_event, gate, swapped_in = cond(
-        joins, lambda: admit(cfg, req, s, kv_capacity, now, last_tau, slots, queue, queue_done, head, tail, admitted,
-                              rec),
+        cfg, joins, partial(admit, cfg),
+        (req, s, kv_capacity, now, last_tau, slots, queue, queue_done, head, tail, admitted, rec),
         (slots, queue, queue_done, head, admitted, nobody, jnp.ones(B, F32), jnp.zeros((), I32)))
     active = slots.req >= 0
 
@@ -77,8 +77,8 @@ def _iteration(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capaci
     need = jnp.where(active, jnp.maximum(slots.alloc, slots.context + new), 0)
     preempt_generated, preempt_last, preempt_gap = slots.generated, slots.last_token, slots.max_gap
     slots, queue, queue_done, head, preempt_event, swapped_out = cond(
-        blocks(need, bs).sum() > kv_capacity,
-        lambda: preempt(cfg, req, kv_capacity, new, slots, queue, queue_done, head, tail),
+        cfg, blocks(need, bs).sum() > kv_capacity, partial(preempt, cfg),
+        (req, kv_capacity, new, slots, queue, queue_done, head, tail),
         (slots, queue, queue_done, head, nobody, jnp.zeros((), I32)))
     active = slots.req >= 0
     new = jnp.where(active, new, 0)
@@ -157,6 +157,12 @@ def _record(cfg: GroupConfig, req: Requests, rec: Records, s, events) -> Records
         preemptions=rec.preemptions.at[jnp.where(preempted >= 0, preempted, N)].add(1, mode="drop"))
 
 
+def _decision(cfg: GroupConfig, hw, req: Requests, s, kv_capacity, c, rec: Records, limit):
+    """One decision of ``_iteration`` with its events written into the records."""
+    out, events = _iteration(cfg, hw, req, s, kv_capacity, c, rec, limit)
+    return out, _record(cfg, req, rec, s, events)
+
+
 def _replica_step(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_capacity, carry, records: Records, limit):
     """Up to ``cfg.iterations`` scheduler decisions of one replica that start before ``limit`` (s from
     the step start), each writing its events straight into ``records``. A fixed-length scan of
@@ -165,14 +171,7 @@ def _replica_step(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_cap
 
     def body(state, _):
         c, rec = state
-
-        def work(c, rec):
-            out, events = _iteration(cfg, hw, req, s, kv_capacity, c, rec, limit)
-            # keep dtypes fixed whatever jax_enable_x64 promotes sums to
-            out = jax.tree_util.tree_map(lambda x, like: x.astype(like.dtype), out, c)
-            return out, _record(cfg, req, rec, s, events)
-
-        return jax.lax.cond(c[1] < limit, work, lambda c, rec: (c, rec), c, rec), None
+        return cond(cfg, c[1] < limit, partial(_decision, cfg), (hw, req, s, kv_capacity, c, rec, limit), (c, rec)), None
 
     zero = (jnp.zeros((), F32), jnp.zeros(2, F32))
     (carry, records), _ = jax.lax.scan(body, (carry + zero, records), None, length=cfg.iterations)

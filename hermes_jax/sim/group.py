@@ -35,6 +35,7 @@ class GroupConfig:
     priority: bool = False     # admit by request priority (smaller first), then queue order; else FCFS
     users: int = 0             # closed-loop users (0: open loop only)
     route_each_arrival: bool = False   # run replicas up to each arrival before routing it (exact, forward only)
+    vmap_guard: bool = False   # under vmap, skip a branch no lane needs (sweeps; forward only)
     swap_tokens: int = 0       # host swap space per replica in KV tokens (0: preempt by recompute)
     kv_token_bytes: float = 0.0  # B of KV per token per device (swap transfers)
 
@@ -57,12 +58,40 @@ def inverse_permutation(perm):
     return jnp.zeros_like(perm).at[perm].set(jnp.arange(perm.shape[-1], dtype=perm.dtype))
 
 
-def cond(pred, compute, unchanged):
-    """``compute()`` if ``pred`` else ``unchanged``, with the result cast to ``unchanged``'s dtypes
-    (sums promote to int64 under jax_enable_x64)."""
-    def run():
-        return jax.tree_util.tree_map(lambda x, like: x.astype(like.dtype), compute(), unchanged)
-    return jax.lax.cond(pred, run, lambda: unchanged)
+def cond(cfg: GroupConfig, pred, fn, args, unchanged):
+    """``fn(*args)`` if ``pred`` else ``unchanged``, the result cast to ``unchanged``'s dtypes (sums
+    promote to int64 under jax_enable_x64). Every traced value ``fn`` needs must be in ``args``.
+
+    Under ``jax.vmap`` a plain ``lax.cond`` becomes a select that runs ``fn`` for every lane on every
+    call. With ``cfg.vmap_guard`` the batched form runs ``fn`` only when some lane needs it, then
+    selects per lane (a custom batching rule; forward only: it has no reverse-mode derivative)."""
+    def run(*a):
+        return jax.tree_util.tree_map(lambda x, like: x.astype(like.dtype), fn(*a), unchanged)
+
+    if not cfg.vmap_guard:
+        return jax.lax.cond(pred, lambda: run(*args), lambda: unchanged)
+
+    @jax.custom_batching.custom_vmap
+    def guarded(pred, args, unchanged):
+        return jax.lax.cond(pred, lambda: run(*args), lambda: unchanged)
+
+    @guarded.def_vmap
+    def rule(size, batched, pred, args, unchanged):
+        pred_b, args_b, unchanged_b = batched
+        pred = pred if pred_b else jnp.broadcast_to(pred, (size,))
+        unchanged = jax.tree_util.tree_map(lambda x, b: x if b else jnp.broadcast_to(x, (size,) + x.shape),
+                                           unchanged, unchanged_b)
+        axes = tuple(jax.tree_util.tree_map(lambda b: 0 if b else None, args_b))
+
+        def lanes():
+            out = jax.vmap(run, in_axes=axes)(*args)
+            return jax.tree_util.tree_map(lambda o, u: jnp.where(pred.reshape((size,) + (1,) * (o.ndim - 1)), o, u),
+                                          out, unchanged)
+
+        out = jax.lax.cond(pred.any(), lanes, lambda: unchanged)
+        return out, jax.tree_util.tree_map(lambda _: True, out)
+
+    return guarded(pred, args, unchanged)
 
 
 def arrival_time(cfg: GroupConfig, rec: Records, index, s):

@@ -2,13 +2,15 @@
 
 ``sweep(scenario, params)`` replays the same workload (common random numbers) on every parameter
 set stacked along a leading axis of ``params`` and returns per-configuration summary metrics.
-The configurations go through ``jax.lax.map`` in vmapped chunks of ``batch_size``: under vmap the
-simulator's conditionals become selects, so every configuration in a chunk pays for the decisions
-any of them needs; ``batch_size=1`` keeps them sequential and skipping. benchmarks/ measures both.
+The configurations go through ``jax.lax.map`` in vmapped chunks of ``batch_size``. Inside a chunk
+the simulator's conditionals run a branch when any configuration needs it (a custom batching rule,
+``GroupConfig.vmap_guard``) and select per configuration; ``batch_size=1`` keeps them sequential.
+benchmarks/ measures both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -39,6 +41,7 @@ def sweep(scenario: Scenario, params: HardwareParams, batch_size: int = 1, workl
     rows = _group_rows(scenario, workload, entry.name)
     group = build_group(entry)
     cfg, req, _, _ = prepare(group, scenario, workload, rows)
+    cfg = dataclasses.replace(cfg, vmap_guard=batch_size > 1)   # vmapped chunks skip branches no lane needs
     kv = group.kv_array()
     arrival = jnp.asarray(workload.arrival_s[rows], jnp.float32)
     tokens = jnp.asarray(workload.output_tokens[rows], jnp.float32)
