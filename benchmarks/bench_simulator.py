@@ -150,6 +150,18 @@ def bench_curves(lines, sweep_rows):
             temp = getattr(mem, "temp_size_in_bytes", float("nan")) / 1e6 if mem is not None else float("nan")
             _, best, _ = timed(lambda: jax.block_until_ready(compiled(model.params)), 2)
             lines.append(f"| {name} | {ckpt} | {best:.3f} | {temp:.1f} |")
+    lines += ["", "Reverse-mode memory against the horizon (compiled temporary memory of the gradient, MB; the state "
+              "itself grows with the requests, i.e. with the horizon):", "",
+              "| horizon s | steps | plain scan | sqrt-checkpointed | ratio |", "|---|---|---|---|---|"]
+    for horizon in (15, 60, 240):
+        sc = load_scenario(str(DEFAULT_SCENARIO), [f"simulation.horizon_s={horizon}", "simulation.dt_s=0.05"])
+        mem = []
+        for ckpt in (False, True):
+            model = DifferentiableSim(sc, estimator=Anchored(), checkpoint=ckpt)
+            grad = jax.grad(lambda p: model.metrics(p)["e2e_mean_s"])
+            analysis = jax.jit(grad).lower(model.params).compile().memory_analysis()
+            mem.append(getattr(analysis, "temp_size_in_bytes", float("nan")) / 1e6 if analysis is not None else float("nan"))
+        lines.append(f"| {horizon} | {int(horizon / 0.05)} | {mem[0]:.1f} | {mem[1]:.1f} | {mem[0] / mem[1]:.1f}x |")
     lines.append("")
 
 
