@@ -128,7 +128,7 @@ def bench_traces(lines):
     lines.append("")
 
 
-def bench_curves(lines, sweep_rows):
+def bench_curves(lines):
     lines += ["### (d) Curves", "", "Time against requests and load (Vidur's scenario, after compile):", "",
               "| requests | rate /s | simulate s | per request us |", "|---|---|---|---|"]
     for n, rate in ((1000, 1.0), (3000, 1.0), (10000, 1.0), (3000, 0.5), (3000, 2.0)):
@@ -201,9 +201,9 @@ def main():
     lines = ["", f"Machine: {platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s), JAX {jax.__version__}, "
              f"float32; times are wall seconds, best of repeated calls after the first (compiling) one.", ""]
     bench_vidur(lines)
-    rows, _ = bench_sweep(lines, 64 if args.quick else 1000)
+    bench_sweep(lines, 64 if args.quick else 1000)
     bench_traces(lines)
-    bench_curves(lines, rows)
+    bench_curves(lines)
     bench_dt(lines, 20 if args.quick else 60)
     readme = HERE / "README.md"
     text = readme.read_text()

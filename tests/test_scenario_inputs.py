@@ -108,3 +108,10 @@ def test_every_shipped_scenario_loads():
     for path in paths:
         scenario = load_scenario(path)
         assert scenario.engines and scenario.clients, path
+
+
+def test_closed_loop_refuses_max_requests(tmp_path):
+    text = DEFAULT_SCENARIO.read_text().replace('arrival = { process = "poisson", rate_per_s = 5.0 }',
+                                                "users = 3\nthink_time_s = 1.0\nmax_requests = 5")
+    with pytest.raises(ConfigError, match="max_requests: not allowed with users"):
+        load_scenario(write(tmp_path, "m.toml", text))

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -89,6 +91,12 @@ def build_group(entry: Engine) -> EngineGroup:
     return EngineGroup(entry, spec, tuple(parts[n].params for n in names), tuple(kv[n] for n in names))
 
 
+@partial(jax.jit, static_argnums=0)
+def iteration_seconds(spec: EngineSpec, params: HardwareParams, new, context, logits):
+    """Jitted ``iteration_cost(...).time`` for host-side callers (one compile per engine spec)."""
+    return iteration_cost(spec, params, new, context, logits).time
+
+
 def iterations_per_step(group: EngineGroup, dt: float, arrivals_per_step: int, cap: int = 0) -> tuple[int, int]:
     """(K, W): scheduler decisions per replica per step, and decode iterations fast-forwarded at once.
 
@@ -100,7 +108,7 @@ def iterations_per_step(group: EngineGroup, dt: float, arrivals_per_step: int, c
     as ``deferred``), so K bounds speed, not correctness.
     """
     one = jnp.ones((1,))
-    fastest = float(iteration_cost(group.spec, group.params, one, one, one).time)
+    fastest = float(iteration_seconds(group.spec, group.params, one, one, one))
     n = int(min(max(math.ceil(dt / fastest) + 1, 2), 4096))
     width = min(n, 64) if n > 2 else 0
     if cap:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ..errors import ConfigError
 from ..hardware.params import HardwareParams, stack
@@ -101,6 +100,3 @@ class DifferentiableSim:
         out["throughput_tokens_s"] = tokens / makespan
         out["finished"] = done.sum()
         return out
-
-    def natural(self, params: HardwareParams) -> dict:
-        return {k: np.asarray(v) for k, v in params.natural().items()}

@@ -10,16 +10,14 @@ benchmarks can measure the error that fixed steps introduce.
 from __future__ import annotations
 
 import heapq
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ..iteration import iteration_cost
 from ..kernels.transfer import tier_transfer_time
-from .build import REJECT_REASONS, admission_window, build_group, reject_reasons, swap_config
+from .build import REJECT_REASONS, admission_window, build_group, iteration_seconds, reject_reasons, swap_config
 from .metrics import summarize
 from .scenario import Scenario
 from .schedulers import SCHEDULERS
@@ -27,11 +25,6 @@ from .simulate import Results, _group_rows, derived_columns, issued, request_fra
 from .workload import Workload, build_workload
 
 ARRIVAL, FREE = 0, 1   # at equal times an arrival is seen by an engine that becomes free then
-
-
-@partial(jax.jit, static_argnums=0)
-def _iteration_time(spec, params, new, context, logits):
-    return iteration_cost(spec, params, new, context, logits).time
 
 
 class _Replica:
@@ -163,7 +156,7 @@ def _run_group(group, scenario, workload, rows, df):
             new = np.where(active, new, 0)
         rep.alloc = np.where(active, np.maximum(rep.alloc, rep.context + new), 0)
         logits = active & (new > 0) & (rep.prompt_left <= new)
-        tau = float(_iteration_time(group.spec, params, jnp.asarray(new, float), jnp.asarray(rep.context, float),
+        tau = float(iteration_seconds(group.spec, params, jnp.asarray(new, float), jnp.asarray(rep.context, float),
                                     jnp.asarray(logits, float)))
         if moved:
             tau += float(tier_transfer_time(params, "host_dram", moved * kv_token_bytes))

@@ -248,6 +248,9 @@ class Client:
             if "arrival" in data:
                 raise where.error("client", index, name, "arrival", "give either arrival (open loop) or users and "
                                   "think_time_s (closed loop), not both")
+            if "max_requests" in data:   # it would cut users' rounds apart
+                raise where.error("client", index, name, "max_requests", "not allowed with users (closed loop); "
+                                  "the horizon bounds the requests")
             return Client(**common, users=_positive(where, "client", index, name, data, "users", integer=True),
                           think_time_s=_positive(where, "client", index, name, data, "think_time_s"), **lengths)
         arrival = _arrival(where, index, name, data.get("arrival"), "arrival")
