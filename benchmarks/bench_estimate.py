@@ -39,6 +39,7 @@ def numpy_static_batch(engine, nat, batch, prompt, output):
             flop, nbytes = (float(x) for x in c[op.name])
             if op.kind == ATTENTION:
                 flop += (1.0 - nat["attention_causal_efficiency"]) * float(c["_attention_masked_flop"][0])
+                flop += nat["attention_row_keys"] * float(c["_attention_row_flop"][0])
             if op.kind == COLLECTIVE:
                 p = op.group_size
                 a, b = nat["intra_link_latency"], nat["intra_link_bandwidth"] * nat["intra_link_efficiency"]

@@ -86,7 +86,7 @@ def msle(pred, meas):
 
 
 # ---------------------------------------------------------------- Splitwise (serving level)
-SPLITWISE_FIT = ["compute_efficiency", "compute_half_flop", "attention_efficiency", "memory_efficiency",
+SPLITWISE_FIT = ["compute_efficiency", "compute_half_flop", "attention_efficiency", "attention_row_keys", "memory_efficiency",
                  "memory_half_bytes", "elementwise_efficiency", "kernel_overhead_s", "host_overhead_s", "host_overhead_per_seq_s",
                  "intra_link_efficiency", "intra_link_latency"]
 
@@ -172,7 +172,7 @@ def calibrate_ops(notes, table, fitted):
 
 
 # ---------------------------------------------------------------- Vidur attention (A100)
-ATTN_FIT = ["attention_efficiency", "attention_causal_efficiency", "compute_half_flop", "memory_efficiency", "memory_half_bytes", "kernel_overhead_s"]
+ATTN_FIT = ["attention_efficiency", "attention_causal_efficiency", "attention_row_keys", "compute_half_flop", "memory_efficiency", "memory_half_bytes", "kernel_overhead_s"]
 
 
 def attention_predict(spec, params, rows):

@@ -54,7 +54,8 @@ def iteration_cost(engine: EngineSpec, hw: HardwareParams, new, context, logits,
     for op in ops:
         flop, nbytes = costs[op.name]
         if op.kind == ATTENTION:
-            flop = flop + (1.0 - hw.attention_causal_efficiency) * costs["_attention_masked_flop"][0]
+            flop = (flop + (1.0 - hw.attention_causal_efficiency) * costs["_attention_masked_flop"][0]
+                    + hw.attention_row_keys * costs["_attention_row_flop"][0])
         flop = jnp.broadcast_to(flop, active.shape).astype(dtype)
         nbytes = jnp.broadcast_to(nbytes, active.shape).astype(flop.dtype)
         zero = jnp.zeros_like(flop)

@@ -46,6 +46,16 @@ def test_unskipped_causal_mask_doubles_long_prefill_attention(llama7b_a100, a100
     assert a == b
 
 
+def test_per_row_attention_work_adds_key_positions_per_query(llama7b_a100, a100_ideal):
+    # k extra key positions per query row: prefill of n over context c does n (c + (n+1)/2 + k) pairs.
+    n, c, k = 512.0, 1024.0, 300.0
+    args = (jnp.array([[n]]), jnp.array([[c]]), jnp.array([[0.0]]))
+    base = _op(llama7b_a100, iteration_cost(llama7b_a100, a100_ideal.params, *args), "attention")[1]
+    rows = _op(llama7b_a100, iteration_cost(llama7b_a100, a100_ideal.params.replace(attention_row_keys=k), *args),
+               "attention")[1]
+    assert rows / base == pytest.approx((c + (n + 1) / 2 + k) / (c + (n + 1) / 2), rel=1e-9)
+
+
 def test_parallel_block_has_one_norm_and_one_three_way_add():
     phi, llama = get_model("phi-2"), get_model("llama-2-7b")
     assert phi.parallel_block and not llama.parallel_block

@@ -40,7 +40,7 @@ POSITIVE = {
 # prior, not a fact; estimates made with it say "uncalibrated".
 GENERIC_PRIOR = {
     "compute_efficiency": 0.65, "compute_half_flop": 2e9, "attention_efficiency": 0.35,
-    "attention_causal_efficiency": 1.0,
+    "attention_causal_efficiency": 1.0, "attention_row_keys": 64.0,
     "memory_efficiency": 0.8, "memory_half_bytes": 2e6, "elementwise_efficiency": 0.5, "kernel_overhead_s": 4e-6,
     "collective_overhead_s": 1e-5,
     "host_overhead_s": 2e-3, "host_overhead_per_seq_s": 5e-5, "host_overhead_multiworker_s": 4e-4,

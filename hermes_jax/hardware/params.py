@@ -43,6 +43,8 @@ FIELDS: dict[str, tuple[tuple[int, ...], str, str]] = {
     "attention_efficiency": ((), "1", "share of peak reached by attention kernels"),
     "attention_causal_efficiency": ((), "1", "share of the causally masked attention work a kernel skips "
                                     "(1: FlashAttention-2 style tile skipping; 0: computes the full rectangle)"),
+    "attention_row_keys": ((), "tokens", "fixed attention work per query row, as extra key positions "
+                           "(softmax rescaling, Q load and output write per query tile)"),
     "memory_efficiency": ((), "1", "share of HBM bandwidth reached by large streams"),
     "memory_half_bytes": ((), "B", "per-device op traffic at which bandwidth efficiency is halved"),
     "elementwise_efficiency": ((len(ELEMENTWISE_KERNELS),), "1", "share of HBM bandwidth reached by each "
@@ -78,7 +80,7 @@ FIELDS: dict[str, tuple[tuple[int, ...], str, str]] = {
 
 EFFICIENCY_FIELDS = ("compute_efficiency", "attention_efficiency", "attention_causal_efficiency", "memory_efficiency",
                      "elementwise_efficiency", "intra_link_efficiency", "inter_link_efficiency")
-OVERHEAD_FIELDS = ("compute_half_flop", "memory_half_bytes", "kernel_overhead_s", "collective_overhead_s",
+OVERHEAD_FIELDS = ("compute_half_flop", "attention_row_keys", "memory_half_bytes", "kernel_overhead_s", "collective_overhead_s",
                    "host_overhead_s", "host_overhead_per_seq_s", "host_overhead_multiworker_s",
                    "host_overhead_per_vocab_s", "host_overhead_per_logit_s")
 

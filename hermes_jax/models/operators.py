@@ -147,6 +147,8 @@ def operator_costs(model: ModelConfig, par: Parallelism, weight_dtype: str, kv_d
     # masked tiles still computes them (scaled by hardware attention_causal_efficiency in iteration).
     masked = 0.0 * pairs if (model.encoder or model.sliding_window) else (copies * new * xp.maximum(new - 1, 0) / 2).sum(-1)
     costs["_attention_masked_flop"] = (attn_flop_per_pair * masked, 0.0 * masked)
+    # Work per query row that does not grow with the keys (scaled by hardware attention_row_keys).
+    costs["_attention_row_flop"] = (attn_flop_per_pair * T, 0.0 * T)
     gemm("out_proj", T, out_in, d)
 
     f = model.ffn / tp
