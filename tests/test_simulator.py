@@ -23,7 +23,9 @@ SCENARIOS = {
                              "engine.e0.max_batch_size=8", "client.chat.priority=1"],
     "least_kv_3_replicas": ["simulation.horizon_s=20", "simulation.dt_s=0.5", "engine.e0.replicas=3", 'engine.e0.router="least_kv"',
                             "client.chat.arrival.rate_per_s=25", 'client.chat.input_tokens={dist="uniform",low=100,high=900}'],
-    "closed_loop_users": ["simulation.horizon_s=20", "engine.e0.replicas=2"],
+    # seed 1: at seed 0 an arrival falls 8e-8 s from an iteration end, below the float32 resolution of
+    # the accumulated iteration times, so the two simulators order that tie differently (docs/simulator.md)
+    "closed_loop_users": ["simulation.horizon_s=20", "engine.e0.replicas=2", "simulation.seed=1"],
     "heterogeneous_replicas": ["simulation.horizon_s=20", "simulation.dt_s=0.1", "engine.e0.replicas=2",
                                'engine.e0.hardware=["h100-sxm", "a100-80gb"]',
                                "client.chat.arrival.rate_per_s=12"],

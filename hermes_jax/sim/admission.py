@@ -11,14 +11,17 @@ from .state import Records, Requests, Slots
 
 def rejoin_need(req: Requests, cand, history):
     """What a queue entry needs to (re)join: (output tokens it has, tokens to prefill, KV tokens to
-    allocate, tokens already in KV). ``history``: -1 never admitted; g >= 0 preempted by recompute
-    after g output tokens (prefill the prompt plus them again); -(g + 2) swapped out after g tokens
-    (its KV comes back from host memory: input + g - 1 tokens, then it decodes)."""
+    allocate, tokens already in KV, KV tokens swapped back from host memory). ``history``: -1 never
+    admitted (its ``cached`` prompt prefix arrives with its KV: fetched from a tier or sent by a
+    prefill engine); g >= 0 preempted by recompute after g output tokens (prefill the prompt plus
+    them again, the cached prefix included); -(g + 2) swapped out after g tokens (its KV comes back
+    from host memory: input + g - 1 tokens, then it decodes)."""
     swapped = history <= -2
     done = jnp.where(swapped, -history - 2, jnp.maximum(history, 0))
     prompt = req.input_tokens[cand] + done
-    kv_back = jnp.where(swapped, prompt - 1, 0)
-    return done, jnp.where(swapped, 0, prompt), jnp.where(swapped, kv_back, prompt), kv_back
+    swap_back = jnp.where(swapped, prompt - 1, 0)
+    context = jnp.where(swapped, swap_back, jnp.where(history == -1, req.cached[cand], 0))
+    return done, jnp.where(swapped, 0, prompt - context), jnp.where(swapped, swap_back, prompt), context, swap_back
 
 
 def admit(cfg: GroupConfig, req: Requests, s, kv_capacity, now, last_tau, slots: Slots, queue, queue_done, head, tail,
@@ -41,7 +44,7 @@ def admit(cfg: GroupConfig, req: Requests, s, kv_capacity, now, last_tau, slots:
     else:              # the queue is in arrival order: its arrived part is a prefix
         rank = j
     cand_r, history_r, arrival_r = cand[rank], history[rank], arrival[rank]
-    done_before, prompt, alloc, kv_back = rejoin_need(req, cand_r, history_r)
+    done_before, prompt, alloc, kv_back, swap_back = rejoin_need(req, cand_r, history_r)
     used_blocks = blocks(slots.alloc, bs).sum()
     prefill_now = jnp.where(active, slots.prompt_left, 0).sum()
     n_active = active.sum()
@@ -75,7 +78,7 @@ def admit(cfg: GroupConfig, req: Requests, s, kv_capacity, now, last_tau, slots:
         queue = queue.at[to].set(cand, mode="drop")
         queue_done = queue_done.at[to].set(history, mode="drop")
     events = jnp.where(take & (history_r[pick] == -1), new_req, -1)
-    swapped_in = jnp.where(take, kv_back[pick], 0).sum()
+    swapped_in = jnp.where(take, swap_back[pick], 0).sum()
     return slots, queue, queue_done, head + n_admit, admitted + n_admit, events, gate, swapped_in
 
 
@@ -98,7 +101,7 @@ def head_admissible(cfg: GroupConfig, req: Requests, rec: Records, s, kv_capacit
         nxt, done = queue[head % Q], queue_done[head % Q]
         arrival = arrival_time(cfg, rec, nxt, s)
         any_arrived = (tail > head) & (arrival <= now)
-    _, prompt, alloc, _ = rejoin_need(req, nxt, done)
+    _, prompt, alloc, _, _ = rejoin_need(req, nxt, done)
     prefill_now = jnp.where(active, slots.prompt_left, 0).sum()
     return (any_arrived & (n_active < cfg.slots) & cfg.scheduler.may_admit(jnp, n_active)
             & (blocks(alloc, bs) <= kv_capacity - blocks(slots.alloc, bs).sum(-1))
@@ -124,7 +127,7 @@ def preempt(cfg: GroupConfig, req: Requests, kv_capacity, new, slots: Slots, que
     if cfg.swap_tokens:
         ring = jnp.arange(Q)
         waiting = ((ring - head) % Q) < (tail - head)
-        used = jnp.where(waiting & (queue_done <= -2), rejoin_need(req, queue, queue_done)[3], 0).sum()
+        used = jnp.where(waiting & (queue_done <= -2), rejoin_need(req, queue, queue_done)[4], 0).sum()
         tokens = jnp.where(evict & (slots.generated > 0), slots.context, 0)          # KV it holds
         ahead = cumsum(tokens[rank])[inverse]                                         # oldest evicted first
         swap = (tokens > 0) & (used + ahead <= cfg.swap_tokens)

@@ -160,7 +160,7 @@ def group_config(group: EngineGroup, scenario: Scenario, arrivals_per_step: int,
 
 
 def device_requests(arrival_s: np.ndarray, input_tokens, output_tokens, admissible, dt: float, horizon: float,
-                    priority=None, next_request=None, think_s=None, user=None):
+                    priority=None, next_request=None, think_s=None, user=None, cached=None):
     """Requests as device arrays plus the per-step index of the first arrival (S + 1 entries).
     Closed-loop requests not yet sent (arrival inf) sort last and get a step past the horizon."""
     steps = int(math.ceil(horizon / dt))
@@ -175,6 +175,7 @@ def device_requests(arrival_s: np.ndarray, input_tokens, output_tokens, admissib
 
     return Requests(arrival_step=jnp.asarray(step, jnp.int32), arrival_off=jnp.asarray(off, jnp.float32),
                     input_tokens=jnp.asarray(input_tokens, jnp.int32), output_tokens=jnp.asarray(output_tokens, jnp.int32),
+                    cached=ints(cached, 0),
                     admissible=jnp.asarray(admissible), priority=ints(priority, 0), next_request=ints(next_request, -1),
                     think=jnp.asarray(np.zeros(n) if think_s is None else think_s, jnp.float32), user=ints(user, -1),
                     step_first=jnp.asarray(first)), steps

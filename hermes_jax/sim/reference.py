@@ -73,15 +73,19 @@ def _run_group(group, scenario, workload, rows, df):
     swap = swap_config(group)
     swap_tokens, kv_token_bytes = swap["swap_tokens"], swap["kv_token_bytes"]
 
+    cached = np.zeros(n, np.int64) if workload.cached_tokens is None else workload.cached_tokens[rows]
+
     def waiting(i, history):
-        """(output tokens, tokens to prefill, KV tokens to allocate, KV tokens swapped back) of a queue
-        entry: history -1 new, g >= 0 recompute after g tokens, -(g + 2) swapped out after g tokens."""
+        """(output tokens, tokens to prefill, KV tokens to allocate, KV tokens present at admission,
+        KV tokens swapped back) of a queue entry: history -1 new (its cached prefix is present),
+        g >= 0 recompute after g tokens, -(g + 2) swapped out after g tokens."""
         if history <= -2:
             done = -history - 2
             back = int(inputs[i]) + done - 1
-            return done, 0, back, back
+            return done, 0, back, back, back
         done = max(history, 0)
-        return done, int(inputs[i]) + done, int(inputs[i]) + done, 0
+        present = int(cached[i]) if history == -1 else 0
+        return done, int(inputs[i]) + done - present, int(inputs[i]) + done, present, 0
     last_token, max_gap = np.full(n, np.nan), np.zeros(n)
     generated_final = np.zeros(n, np.int64)
     rejected = reasons > 0
@@ -109,7 +113,7 @@ def _run_group(group, scenario, workload, rows, df):
             chosen, blocks, tokens = [], 0, 0
             for k in order:
                 i, history = cand[k]
-                _, prompt, alloc, _ = waiting(i, history)
+                _, prompt, alloc, _, _ = waiting(i, history)
                 blocks += int(_blocks(alloc, bs))
                 tokens += int(sched.admission_tokens(np, prompt))
                 if len(chosen) >= free_slots or blocks > free_blocks or prefill_now + tokens > budget:
@@ -119,10 +123,10 @@ def _run_group(group, scenario, workload, rows, df):
             for n, k in enumerate(chosen):
                 i, history = cand[k]
                 b = empty[n]
-                done, prompt, alloc, kv_back = waiting(i, history)
-                rep.req[b], rep.prompt_left[b], rep.context[b] = i, prompt, kv_back
+                done, prompt, alloc, present, swapped = waiting(i, history)
+                rep.req[b], rep.prompt_left[b], rep.context[b] = i, prompt, present
                 rep.generated[b], rep.target[b], rep.order[b], rep.alloc[b] = done, outputs[i], rep.admitted + n, alloc
-                moved += kv_back
+                moved += swapped
                 if history == -1:
                     out["admit"][i] = now
             taken = set(chosen)
@@ -140,7 +144,7 @@ def _run_group(group, scenario, workload, rows, df):
         evict = active & ~keep
         if evict.any():   # preempt the newest; the oldest evicted goes first in the queue
             victims = [b for b in by_age if evict[b]]
-            used = sum(waiting(i, h)[3] for i, h in rep.queue if h <= -2)
+            used = sum(waiting(i, h)[4] for i, h in rep.queue if h <= -2)
             entries, ahead = [], 0
             for b in victims:   # swap out while the space holds the KV of requests with output, else recompute
                 held = int(rep.context[b]) if rep.generated[b] > 0 and swap_tokens else 0

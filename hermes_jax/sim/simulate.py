@@ -85,7 +85,8 @@ def prepare(group: EngineGroup, scenario: Scenario, workload: Workload, rows: np
         closed = dict(next_request=np.where(nxt >= 0, local[np.maximum(nxt, 0)], -1), think_s=workload.think_s[rows],
                       user=user_local)
     req, steps = device_requests(workload.arrival_s[rows], workload.input_tokens[rows], workload.output_tokens[rows],
-                                 reasons == 0, sim.dt_s, sim.horizon_s, priority, **closed)
+                                 reasons == 0, sim.dt_s, sim.horizon_s, priority, **closed,
+                                 cached=None if workload.cached_tokens is None else workload.cached_tokens[rows])
     per_step = np.diff(np.asarray(req.step_first))
     cfg = group_config(group, scenario, max(int(per_step.max(initial=0)), 1), queue=max(len(rows), 1), users=users)
     return cfg, req, reasons, steps

@@ -17,6 +17,7 @@ class Requests(NamedTuple):
     arrival_off: jax.Array    # (N,) float32 s, arrival time minus arrival_step * dt
     input_tokens: jax.Array   # (N,) int32 tokens
     output_tokens: jax.Array  # (N,) int32 tokens (>= 1)
+    cached: jax.Array         # (N,) int32 prompt tokens whose KV arrives with the request (< input_tokens)
     admissible: jax.Array     # (N,) bool, False: rejected before routing (too long for the model or KV)
     priority: jax.Array       # (N,) int32, smaller is admitted first when the engine orders by priority
     next_request: jax.Array   # (N,) int32, closed loop: the user's next request (-1: none)

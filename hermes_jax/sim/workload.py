@@ -36,6 +36,9 @@ class Workload:
     next_request: np.ndarray | None = None   # (N,) int
     think_s: np.ndarray | None = None        # (N,) s
     user: np.ndarray | None = None           # (N,) int, closed-loop user id (global), -1 open loop
+    # prompt tokens whose KV arrives with the request (fetched from a tier, or sent by a prefill
+    # engine); the engine prefills only the rest. None: nothing cached.
+    cached_tokens: np.ndarray | None = None  # (N,) int, 0 <= cached < input_tokens
 
     @property
     def closed_loop(self) -> bool:
