@@ -96,7 +96,10 @@ def test_anchored_gradient_tracks_finite_differences_across_load(rate):
     model = DifferentiableSim(scenario, estimator=Anchored())
     f = jax.jit(lambda p: model.metrics(p)["e2e_mean_s"])
     grad = float(jax.grad(f)(model.params).log[KEY])
-    h = 0.02
+    # At heavy load the 10 s mean E2E jumps as batches and preemptions reshuffle: central differences
+    # at step 0.02 measured +15.6 at seed 0 and -6.4 at seed 1, so that case uses a wider step (0.1)
+    # that spans the jumps (measured -1.4 and -6.7).
+    h = 0.1 if rate >= 25 else 0.02
     fd = (float(f(shifted(model.params, h))) - float(f(shifted(model.params, -h)))) / (2 * h)
     assert grad < 0 and fd < 0
     assert 0.3 < grad / fd < 1.5, (rate, grad, fd)

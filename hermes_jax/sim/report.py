@@ -26,12 +26,27 @@ def print_summary(results: Results) -> None:
         extra = f", MFU {e['mfu']:.1%}, MBU {e['mbu']:.1%}" if "mfu" in e else ""
         print(f"engine {name}: {e['replicas']} replica(s), busy {e['busy_fraction']:.1%}, mean batch {e['mean_batch']:.1f}, "
               f"KV used mean {e['mean_kv_used']:.1%} max {e['max_kv_used']:.1%}{extra}")
+    stages = results.extra.get("stages")
+    if stages is not None:
+        print(f"{'client':12s} {'stage':18s} {'resource':14s} {'wait ms':>10s} {'service ms':>11s}")
+        for (client, stage, resource), part in stage_breakdown(results).groupby(["client", "stage", "resource"],
+                                                                                 sort=False):
+            print(f"{client:12s} {stage:18s} {resource:14s} {part.wait_s.iloc[0] * 1e3:10.2f} "
+                  f"{part.service_s.iloc[0] * 1e3:11.2f}")
     unfinished = results.requests[results.requests.status == "unfinished"]
     if len(unfinished):
         print(f"unfinished requests (first 10 of {len(unfinished)}): {unfinished.request.head(10).tolist()}")
     rejected = results.requests[results.requests.status == "rejected"]
     if len(rejected):
         print("rejected: " + ", ".join(f"{n} {r}" for r, n in rejected.reject_reason.value_counts().items()))
+
+
+def stage_breakdown(results: Results):
+    """Mean wait (ready to start) and service (start to finish) per client and stage, finished requests."""
+    st = results.extra["stages"].merge(results.requests[["request", "client", "status"]], on="request")
+    st = st[st.status == "finished"]
+    return (st.assign(wait_s=st.start_s - st.ready_s, service_s=st.finish_s - st.start_s)
+            .groupby(["client", "stage", "resource"], sort=False)[["wait_s", "service_s"]].mean().reset_index())
 
 
 def write_outputs(results: Results, out: Path) -> list[Path]:
@@ -44,7 +59,8 @@ def write_outputs(results: Results, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "summary.json", out / "requests.csv", out / "timeseries.csv", out / "latency_cdf.png",
              out / "timeseries.png"]
-    paths[0].write_text(json.dumps({**results.summary, "run": results.extra}, indent=2, default=float))
+    extra = {k: v for k, v in results.extra.items() if k != "stages"}
+    paths[0].write_text(json.dumps({**results.summary, "run": extra}, indent=2, default=float))
     results.requests.to_csv(paths[1], index=False)
     results.timeseries.to_csv(paths[2], index=False)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
@@ -72,6 +88,23 @@ def write_outputs(results: Results, out: Path) -> list[Path]:
     fig.tight_layout()
     fig.savefig(paths[4], dpi=110)
     plt.close(fig)
+    if "stages" in results.extra:
+        paths += [out / "stages.csv", out / "stage_breakdown.png"]
+        results.extra["stages"].to_csv(paths[5], index=False)
+        table = stage_breakdown(results)
+        clients = list(dict.fromkeys(table.client))
+        fig, ax = plt.subplots(figsize=(8, 1.2 + 0.6 * len(clients)))
+        left = np.zeros(len(clients))
+        for stage in dict.fromkeys(table.stage):
+            for part, hatch in (("wait_s", "//"), ("service_s", "")):
+                widths = np.array([table[(table.client == c) & (table.stage == stage)][part].sum() for c in clients])
+                ax.barh(clients, widths, left=left, hatch=hatch, label=f"{stage} {part[:-2]}", alpha=0.8)
+                left += widths
+        ax.set_xlabel("mean time per finished request (s)")
+        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.35))
+        fig.tight_layout()
+        fig.savefig(paths[6], dpi=110, bbox_inches="tight")
+        plt.close(fig)
     return paths
 
 
@@ -81,7 +114,11 @@ def run_cli(scenario_path: str | None, out: str | None, overrides: list[str]) ->
     start = time.perf_counter()
     print(f"simulating {path} (horizon {scenario.simulation.horizon_s:g} s, dt {scenario.simulation.dt_s:g} s) ...",
           flush=True)
-    results = simulate(scenario, progress=True)
+    if scenario.resources or any(c.pipeline for c in scenario.clients):
+        from ..pipeline.run import simulate_pipeline
+        results = simulate_pipeline(scenario, progress=True)
+    else:
+        results = simulate(scenario, progress=True)
     print(f"done in {time.perf_counter() - start:.2f} s (including compilation)")
     print_summary(results)
     if out:

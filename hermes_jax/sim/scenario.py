@@ -41,7 +41,7 @@ class _Where:
         starts = [i for i, text in enumerate(self.lines) if header.match(text)]
         if index >= len(starts):
             return None
-        first = key.split(".")[0]
+        first = re.sub(r"\[\d+\]$", "", key.split(".")[0])   # pipeline[2].on is on the pipeline = line
         pattern = re.compile(r"^\s*" + re.escape(first) + r"\s*=")
         for i in range(starts[index] + 1, len(self.lines)):
             if self.lines[i].lstrip().startswith("["):
@@ -209,6 +209,7 @@ class Client:
     max_requests: int = 0        # keep only the first N requests (0: all)
     users: int = 0               # closed loop: N users, each sending its next request after a think time
     think_time_s: float = 0.0    # mean think time (exponential) between a reply and the next request
+    pipeline: tuple = ()         # stages (hermes_jax.pipeline.stages) ending in generate; () = generate only
 
     @staticmethod
     def parse(data: dict, index: int, where: _Where, base: Path | None) -> "Client":
@@ -217,12 +218,30 @@ class Client:
             raise where.error("client", index, "", "name", "required (a non-empty string)")
         _check_keys(where, "client", index, name, data,
                     {"name", "engine", "arrival", "input_tokens", "output_tokens", "slo", "priority", "trace",
-                     "max_requests", "users", "think_time_s"})
+                     "max_requests", "users", "think_time_s", "pipeline"})
+        pipeline = ()
+        if "pipeline" in data:
+            from ..pipeline.stages import Generate, parse_stage
+            if not isinstance(data["pipeline"], list) or not data["pipeline"]:
+                raise where.error("client", index, name, "pipeline", "expected a list of stages, e.g. "
+                                  "[{ stage = \"embed\", on = \"cpu\", model = \"bge-base-en-v1.5\" }, "
+                                  "{ stage = \"generate\", engine = \"llm\" }]")
+            pipeline = tuple(parse_stage(s, k, where, index, name, base) for k, s in enumerate(data["pipeline"]))
+            generate = [s for s in pipeline if isinstance(s, Generate)]
+            if len(generate) != 1:
+                raise where.error("client", index, name, "pipeline", f"needs exactly one generate stage, got {len(generate)}")
+            if "engine" in data and data["engine"] != generate[0].engine:
+                raise where.error("client", index, name, "engine", f"{data['engine']!r} differs from the generate "
+                                  f"stage's engine {generate[0].engine!r}; give it once, in the pipeline")
+            if "users" in data:
+                raise where.error("client", index, name, "pipeline", "closed-loop clients (users) with a pipeline are "
+                                  "not supported yet")
+            data = {**data, "engine": generate[0].engine}
         if not isinstance(data.get("engine"), str):
             raise where.error("client", index, name, "engine", "required (the name of an [[engine]])")
         slo = data.get("slo", {})
         _check_keys(where, "client", index, name, slo, {"ttft_s", "tpot_s"}, prefix="slo.")
-        common = dict(name=name, engine=data["engine"],
+        common = dict(name=name, engine=data["engine"], pipeline=pipeline,
                       slo_ttft_s=_positive(where, "client", index, name, slo, "slo.ttft_s", math.inf),
                       slo_tpot_s=_positive(where, "client", index, name, slo, "slo.tpot_s", math.inf),
                       priority=_positive(where, "client", index, name, data, "priority", 0, integer=True, allow_zero=True),
@@ -276,6 +295,7 @@ class Scenario:
     engines: tuple[Engine, ...]
     clients: tuple[Client, ...]
     source: str = "<python>"
+    resources: tuple = ()   # hermes_jax.pipeline.spec.Resource: pools pipeline stages run on
 
     def __post_init__(self):
         names = [e.name for e in self.engines]
@@ -292,6 +312,9 @@ class Scenario:
             if c.engine not in names:
                 raise ConfigError(f"{self.source}: [[client]] {c.name!r} engine: unknown engine {c.engine!r}; "
                                   f"defined: {', '.join(names)}")
+        if self.resources or any(c.pipeline for c in self.clients):
+            from ..pipeline.spec import check_pipelines
+            check_pipelines(self)
 
     def engine(self, name: str) -> Engine:
         return next(e for e in self.engines if e.name == name)
@@ -300,17 +323,20 @@ class Scenario:
 def parse_scenario(data: dict, path: Path | None = None) -> Scenario:
     """Build a Scenario from a parsed TOML dict (``path`` for error messages and relative paths)."""
     where = _Where(path)
-    unknown = set(data) - {"simulation", "engine", "client"}
+    unknown = set(data) - {"simulation", "engine", "client", "resource"}
     if unknown:
         raise ConfigError(f"{path or '<scenario>'}: unknown top-level table(s) {sorted(unknown)}; "
-                          "allowed: [simulation], [[engine]], [[client]]")
-    for key in ("engine", "client"):
+                          "allowed: [simulation], [[engine]], [[client]], [[resource]]")
+    for key in ("engine", "client", "resource"):
         if not isinstance(data.get(key, []), list):
             raise ConfigError(f"{path or '<scenario>'}: {key} must be an array of tables ([[{key}]])")
     base = path.parent if path else None
     engines = tuple(Engine.parse(e, i, where) for i, e in enumerate(data.get("engine", [])))
     clients = tuple(Client.parse(c, i, where, base) for i, c in enumerate(data.get("client", [])))
-    return Scenario(Simulation.parse(data.get("simulation", {}), where), engines, clients, str(path or "<python>"))
+    from ..pipeline.spec import Resource
+    resources = tuple(Resource.parse(r, i, where) for i, r in enumerate(data.get("resource", [])))
+    return Scenario(Simulation.parse(data.get("simulation", {}), where), engines, clients, str(path or "<python>"),
+                    resources)
 
 
 def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
@@ -336,7 +362,7 @@ def override(data: dict, assignments) -> dict:
         except tomllib.TOMLDecodeError:
             value = raw
         parts = key.strip().split(".")
-        if parts[0] in ("engine", "client"):
+        if parts[0] in ("engine", "client", "resource"):
             if len(parts) < 3:
                 raise ConfigError(f"--set {item!r}: use {parts[0]}.NAME.field=value")
             match = [t for t in data.get(parts[0], []) if t.get("name") == parts[1]]
@@ -347,7 +373,8 @@ def override(data: dict, assignments) -> dict:
         elif parts[0] == "simulation" and len(parts) == 2:
             target, rest = data.setdefault("simulation", {}), parts[1:]
         else:
-            raise ConfigError(f"--set {item!r}: key must start with simulation., engine.NAME. or client.NAME.")
+            raise ConfigError(f"--set {item!r}: key must start with simulation., engine.NAME., client.NAME. or "
+                              "resource.NAME.")
         for part in rest[:-1]:
             target = target.setdefault(part, {})
             if not isinstance(target, dict):

@@ -114,6 +114,7 @@ def simulate(scenario: Scenario, workload: Workload | None = None, progress: boo
         capability[entry.name] = (float(group.params.peak(group.spec.compute_dtype)), float(group.params.hbm_bandwidth))
     df = derived_columns(issued(df, scenario))
     ts = pd.concat(series, ignore_index=True) if series else pd.DataFrame()
+    extra["capability"] = capability
     return Results(df, ts, summarize(df, ts, scenario, capability), extra)
 
 

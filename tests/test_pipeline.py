@@ -1,0 +1,202 @@
+"""Pipelines (RAG stages, KV fetch from a tier, generate): the time-stepped run against the exact
+event-driven reference, request conservation along each pipeline, what each stage does to the
+request, gradients through stage service times, and load-time errors."""
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hermes_jax.errors import ConfigError
+from hermes_jax.pipeline.run import resource_params, simulate_pipeline, station_times
+from hermes_jax.pipeline.stages import Embed, KVFetch
+from hermes_jax.sim import load_scenario
+
+RAG_KV = Path(__file__).resolve().parents[1] / "hermes_jax" / "scenarios" / "rag_kv.toml"
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    return load_scenario(RAG_KV, ["simulation.horizon_s=15"])
+
+
+@pytest.fixture(scope="module")
+def runs(scenario):
+    return simulate_pipeline(scenario), simulate_pipeline(scenario, reference=True)
+
+
+def test_matches_reference_per_request_and_stage(runs):
+    fast, exact = runs
+    assert (fast.requests.status == exact.requests.status).all()
+    for col in ("engine_arrival_s", "admit_s", "first_token_s", "finish_s", "ttft_s"):
+        np.testing.assert_allclose(fast.requests[col], exact.requests[col], atol=1e-5, err_msg=col)
+    a, b = fast.extra["stages"], exact.extra["stages"]
+    assert (a[["request", "stage"]].to_numpy() == b[["request", "stage"]].to_numpy()).all()
+    for kind in a.stage.str.split(":").str[1].unique():   # error per stage kind
+        part = a.stage.str.endswith(kind)
+        for col in ("start_s", "finish_s"):
+            np.testing.assert_allclose(a[part][col], b[part][col], atol=1e-5, err_msg=f"{kind} {col}")
+
+
+def test_every_request_walks_its_pipeline_in_order(scenario, runs):
+    fast, _ = runs
+    df, st = fast.requests, fast.extra["stages"]
+    assert len(df) == df.request.nunique() and set(df.status) <= {"finished", "unfinished", "rejected"}
+    expected = {c.name: [f"{k}:{s.kind}" for k, s in enumerate(c.pipeline)] for c in scenario.clients}
+    for request, part in st.groupby("request"):
+        client = df.client[request]
+        assert part.stage.tolist() == expected[client]
+        done = part[part.finish_s.notna()]
+        assert (done.ready_s <= done.start_s + 1e-9).all() and (done.start_s <= done.finish_s + 1e-9).all()
+        chain = part.sort_values("stage")
+        # each stage starts from the previous one's finish; the first from the client's arrival
+        assert chain.ready_s.iloc[0] == pytest.approx(df.arrival_s[request])
+        np.testing.assert_allclose(chain.ready_s.to_numpy()[1:], chain.finish_s.to_numpy()[:-1])
+    rag, chat = df[df.client == "rag"], df[df.client == "chat"]
+    assert (rag.retrieved_tokens == 4 * 256).all() and (rag.cached_tokens == 0).all()
+    assert (chat.cached_tokens < chat.input_tokens).all() and 0.5 < (chat.cached_tokens > 0).mean() < 0.9
+    # the engine's prompt carries the retrieved passages; TTFT counts every stage from arrival
+    assert (rag.engine_arrival_s > rag.arrival_s).all()
+    assert (df.ttft_s >= df.first_token_s - df.engine_arrival_s).all()
+
+
+def test_fetched_prefix_is_not_prefilled_again(scenario, runs):
+    fast, _ = runs
+    chat = next(c for c in scenario.clients if c.name == "chat")
+    miss = dataclasses.replace(chat, pipeline=(dataclasses.replace(chat.pipeline[0], hit_rate=0.0), chat.pipeline[1]))
+    others = tuple(c for c in scenario.clients if c.name != "chat")
+    cold = simulate_pipeline(dataclasses.replace(scenario, clients=others + (miss,)))
+    warm_ttft = fast.requests[fast.requests.client == "chat"].ttft_s.mean()
+    cold_ttft = cold.requests[cold.requests.client == "chat"].ttft_s.mean()
+    assert (cold.requests.cached_tokens == 0).all()
+    assert warm_ttft < 0.8 * cold_ttft
+
+
+def test_gradients_through_stage_service_times(scenario):
+    resources = {r.name: r for r in scenario.resources}
+    release = jnp.asarray(np.sort(np.random.default_rng(0).uniform(0, 2, 60)))
+    embed = Embed(on="embed-cpu", model="bge-base-en-v1.5", threads=2)
+    fetch = KVFetch(on="cxl")
+    nbytes = jnp.asarray(np.random.default_rng(1).uniform(1e8, 4e8, 60))
+    with jax.enable_x64(True):
+        cpu, tier = resource_params(resources["embed-cpu"], jnp.float64), resource_params(resources["cxl"], jnp.float64)
+        cases = [(embed, "embed-cpu", cpu, "cpu_core_flops", None), (fetch, "cxl", tier, "tier_bandwidth", nbytes)]
+        for stage, name, params, field, size in cases:
+            def mean_finish(log_value):
+                p = type(params)({**params.log, field: log_value})
+                return station_times(resources[name], stage, p, release, size)[1].mean()
+            x = params.log[field]
+            g = jax.grad(mean_finish)(x)
+            h = 1e-5
+            basis = jnp.eye(x.size).reshape((x.size,) + x.shape) if x.ndim else jnp.ones((1,))
+            for e in basis:
+                fd = float((mean_finish(x + h * e) - mean_finish(x - h * e)) / (2 * h))
+                analytic = float(jnp.sum(g * e))
+                assert analytic == pytest.approx(fd, rel=1e-4, abs=1e-12), (name, field)
+            assert float(jnp.sum(g)) < 0   # faster hardware, earlier finish
+
+
+BAD = {
+    "unknown stage": ('{ stage = "teleport", on = "cpu" }', "teleport"),
+    "unknown resource": ('{ stage = "embed", on = "gpu9", model = "bge-base-en-v1.5" }', "unknown resource 'gpu9'"),
+    "wrong resource kind": ('{ stage = "vector_search", on = "cxl" }', "runs on cpu"),
+    "unknown model": ('{ stage = "embed", on = "cpu", model = "gpt-17" }', "gpt-17"),
+    "model too big": ('{ stage = "rerank", on = "gpu", model = "llama-3.1-405b" }', "GB of weights"),
+}
+
+
+def _write(tmp_path, stage_line, extra=""):
+    text = f"""
+[[resource]]
+name = "cpu"
+kind = "cpu"
+cores = 8
+[[resource]]
+name = "gpu"
+kind = "accelerator"
+[[resource]]
+name = "cxl"
+kind = "tier"
+tier = "cxl"
+[[engine]]
+name = "llm"
+model = "llama-3.1-8b"
+hardware = "h100-sxm"
+{extra}
+[[client]]
+name = "c"
+arrival = {{ process = "poisson", rate_per_s = 1.0 }}
+input_tokens = {{ dist = "fixed", value = 100 }}
+output_tokens = {{ dist = "fixed", value = 10 }}
+pipeline = [
+  {stage_line},
+  {{ stage = "generate", engine = "llm" }},
+]
+"""
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_pipelines_fail_at_load_naming_the_place(tmp_path, case):
+    stage_line, message = BAD[case]
+    path = _write(tmp_path, stage_line)
+    with pytest.raises(ConfigError) as info:
+        load_scenario(path)
+    assert message in str(info.value) and "pipeline" in str(info.value), str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_cycle_between_resources_is_refused(tmp_path):
+    # client c goes cpu -> gpu, client d goes gpu -> cpu: neither resource can be simulated first
+    path = _write(tmp_path, '{ stage = "embed", on = "cpu", model = "bge-base-en-v1.5" }, '
+                            '{ stage = "rerank", on = "gpu", model = "bge-reranker-base" }')
+    text = path.read_text() + """
+[[client]]
+name = "d"
+arrival = { process = "poisson", rate_per_s = 1.0 }
+input_tokens = { dist = "fixed", value = 100 }
+output_tokens = { dist = "fixed", value = 10 }
+pipeline = [
+  { stage = "embed", on = "gpu", model = "bge-base-en-v1.5" },
+  { stage = "rerank", on = "cpu", model = "bge-reranker-base" },
+  { stage = "generate", engine = "llm" },
+]
+"""
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="cycle: (cpu -> gpu -> cpu|gpu -> cpu -> gpu)"):
+        load_scenario(path)
+
+
+def test_generate_must_be_last(tmp_path):
+    path = _write(tmp_path, '{ stage = "generate", engine = "llm" }, { stage = "embed", on = "cpu", '
+                            'model = "bge-base-en-v1.5" }')
+    with pytest.raises(ConfigError, match="exactly one generate|must be \"generate\""):
+        load_scenario(path)
+
+
+def test_reasoning_tokens_lengthen_the_output(scenario, runs):
+    from hermes_jax.pipeline.stages import Reasoning
+    from hermes_jax.sim.scenario import Distribution
+    fast, _ = runs
+    rag = next(c for c in scenario.clients if c.name == "rag")
+    thinking = Reasoning(thinking=Distribution("fixed", value=200.0))
+    think = dataclasses.replace(rag, pipeline=rag.pipeline[:-1] + (thinking,) + rag.pipeline[-1:])
+    run = simulate_pipeline(dataclasses.replace(scenario, clients=(think,) + tuple(c for c in scenario.clients
+                                                                                       if c.name != "rag")))
+    a = run.requests[run.requests.client == "rag"]
+    b = fast.requests[fast.requests.client == "rag"]
+    assert (a.thinking_tokens == 200).all()
+    np.testing.assert_array_equal(a.output_tokens, b.output_tokens + 200)
+    done = a.status == "finished"
+    assert (a.generated[done] == a.output_tokens[done]).all()
+    # each thinking token is one more decode step, which reads every weight at least once
+    from hermes_jax.hardware.catalog import get_hardware
+    from hermes_jax.models.config import get_model
+    step = get_model("llama-3.1-8b").weight_bytes("bf16") / float(get_hardware("h100-sxm").params.hbm_bandwidth)
+    both = done & (b.status == "finished")
+    assert (a.e2e_s[both] - b.e2e_s[both] > 200 * step).all()
