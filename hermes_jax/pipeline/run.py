@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from ..engine import KV_DTYPES
 from ..errors import ConfigError
 from ..hardware.catalog import default_catalog, get_hardware
 from ..models.config import get_model
@@ -103,7 +104,7 @@ def simulate_pipeline(scenario: Scenario, workload: Workload | None = None, refe
     thinking = np.zeros(n, np.int64)
     retrieved = np.zeros(n, np.int64)
     clients: dict[str, _Client] = {}
-    for ci, client in enumerate(scenario.clients):
+    for client in scenario.clients:
         rows = np.flatnonzero(workload.client == workload.client_names.index(client.name))
         pipeline = client.pipeline or (Generate(engine=client.engine),)
         clients[client.name] = _Client(rows, pipeline, {})
@@ -199,7 +200,7 @@ def _run_resources(scenario, resources, params, clients, ready, cached, referenc
 def _kv_bytes(scenario: Scenario, pipeline, hits: np.ndarray, stage: KVFetch) -> np.ndarray:
     engine = scenario.engine(next(s.engine for s in pipeline if isinstance(s, Generate)))
     model = get_model(engine.model)
-    kv_dtype = engine.kv_dtype or (engine.dtype if engine.dtype in ("bf16", "fp16", "fp8", "int8", "fp32") else "bf16")
+    kv_dtype = engine.kv_dtype or (engine.dtype if engine.dtype in KV_DTYPES else "bf16")   # EngineSpec's default
     return hits * model.kv_bytes_per_token(kv_dtype) / stage.compression
 
 
