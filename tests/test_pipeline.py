@@ -12,7 +12,8 @@ import pytest
 
 from hermes_jax.errors import ConfigError
 from hermes_jax.pipeline.run import resource_params, simulate_pipeline, station_times
-from hermes_jax.pipeline.stages import Embed, KVFetch
+from hermes_jax.pipeline.retrieval import Embed
+from hermes_jax.pipeline.stages import KVFetch
 from hermes_jax.sim import load_scenario
 
 RAG_KV = Path(__file__).resolve().parents[1] / "hermes_jax" / "scenarios" / "rag_kv.toml"
@@ -76,15 +77,28 @@ def test_fetched_prefix_is_not_prefilled_again(scenario, runs):
 
 
 def test_gradients_through_stage_service_times(scenario):
+    """Every stationed stage kind: d(mean finish)/d(log hardware parameter) against central
+    differences in float64, and faster hardware finishes earlier."""
+    from hermes_jax.pipeline.retrieval import Rerank, Route, VectorSearch
+    from hermes_jax.pipeline.spec import Resource
     resources = {r.name: r for r in scenario.resources}
+    resources["net"] = Resource("net", "link", "h100-sxm", link="roce-400g")
     release = jnp.asarray(np.sort(np.random.default_rng(0).uniform(0, 2, 60)))
-    embed = Embed(on="embed-cpu", model="bge-base-en-v1.5", threads=2)
-    fetch = KVFetch(on="cxl")
     nbytes = jnp.asarray(np.random.default_rng(1).uniform(1e8, 4e8, 60))
+    cases = [(Embed(on="embed-cpu", model="bge-base-en-v1.5", threads=2), "embed-cpu", "cpu_core_flops", None),
+             (Route(on="embed-cpu", model="bge-base-en-v1.5", to=("a", "b"), weights=(0.5, 0.5)), "embed-cpu",
+              "cpu_core_flops", None),
+             (VectorSearch(on="search-cpu", index="ivf", nprobe=64, threads=4), "search-cpu", "cpu_core_flops", None),
+             # a core that could stream faster than its share of DRAM: bound by the node's bandwidth
+             (VectorSearch(on="search-cpu", index="ivf", core_stream_bandwidth=1e12), "search-cpu", "cpu_dram_bandwidth",
+              None),
+             (Rerank(on="rerank-gpu", model="bge-reranker-base", batch=4), "rerank-gpu", "peak_flops", None),
+             (KVFetch(on="cxl"), "cxl", "tier_bandwidth", nbytes),
+             (KVFetch(on="net"), "net", "inter_link_bandwidth", nbytes)]
     with jax.enable_x64(True):
-        cpu, tier = resource_params(resources["embed-cpu"], jnp.float64), resource_params(resources["cxl"], jnp.float64)
-        cases = [(embed, "embed-cpu", cpu, "cpu_core_flops", None), (fetch, "cxl", tier, "tier_bandwidth", nbytes)]
-        for stage, name, params, field, size in cases:
+        for stage, name, field, size in cases:
+            params = resource_params(resources[name], jnp.float64)
+
             def mean_finish(log_value):
                 p = type(params)({**params.log, field: log_value})
                 return station_times(resources[name], stage, p, release, size)[1].mean()
@@ -95,8 +109,8 @@ def test_gradients_through_stage_service_times(scenario):
             for e in basis:
                 fd = float((mean_finish(x + h * e) - mean_finish(x - h * e)) / (2 * h))
                 analytic = float(jnp.sum(g * e))
-                assert analytic == pytest.approx(fd, rel=1e-4, abs=1e-12), (name, field)
-            assert float(jnp.sum(g)) < 0   # faster hardware, earlier finish
+                assert analytic == pytest.approx(fd, rel=1e-4, abs=1e-12), (stage.kind, field)
+            assert float(jnp.sum(g)) < 0, (stage.kind, field)   # faster hardware, earlier finish
 
 
 BAD = {

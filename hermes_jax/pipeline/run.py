@@ -1,12 +1,13 @@
-"""Run a scenario whose clients have pipelines: the shared resources first (each once, in an order
-where every feeder comes first), then the engines on the requests the stages produced.
+"""Run a scenario whose clients have pipelines: every node (shared resource or engine) once, in an
+order where every feeder comes first, on the merged hops of every client placed on it.
 
 Each resource sees the merged stream of every stage placed on it, from every client, so clients
 contend. A cpu or accelerator pool is ``stations.batch_servers`` (C // threads servers, or one per
-device, batching up to ``batch`` queries); a tier or link is ``stations.shared`` (fetches split its
-bandwidth), plus the first-byte latency. ``reference=True`` runs the same composition on the
-event-driven references (``pipeline.reference`` and ``sim.reference``) to measure the error.
-In this version the generate stage is last: nothing runs after the engine.
+device, batching up to ``batch`` queries); a tier or link is ``stations.shared`` (transfers split
+its bandwidth), plus the first-byte latency. An engine runs the time-stepped simulator (or the
+event-driven reference) on the jobs of every hop placed on it (``pipeline.engines``).
+``reference=True`` runs the same composition on the event-driven references (``pipeline.reference``
+and ``sim.reference``) to measure the error.
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ from ..hardware.catalog import default_catalog, get_hardware
 from ..models.config import get_model
 from ..sim.metrics import summarize
 from ..sim.scenario import Scenario
-from ..sim.simulate import Results, simulate
+from ..sim.simulate import Results
 from ..sim.workload import Workload, build_workload, lengths
 from . import reference as events
+from .engines import hop_jobs, replies, run_engine
+from .parse import added_prompt_tokens
+from .plan import HopTemplate, hop_templates, pipeline_of, reasoning_of, route_of
 from .spec import Resource, resource_order
-from .stages import Generate, KVFetch, Reasoning, Stage, added_prompt_tokens, prefix_hits
+from .stages import KVFetch, Stage, prefix_hits
 from .stations import batch_servers, shared
 
 
@@ -83,10 +87,13 @@ def station_times(resource: Resource, stage: Stage, params, release, nbytes=None
 
 
 @dataclasses.dataclass
-class _Client:
-    rows: np.ndarray                 # indices into the workload
-    pipeline: tuple
-    done: dict                       # stage index -> (start, finish) arrays over rows
+class _Hop:
+    template: HopTemplate
+    client: int                       # index into scenario.clients
+    rows: np.ndarray                  # requests (workload indices) that take the hop
+    ready: np.ndarray | None = None   # s, when each row reaches the hop (NaN: an earlier hop never finished)
+    start: np.ndarray | None = None
+    finish: np.ndarray | None = None
 
 
 def simulate_pipeline(scenario: Scenario, workload: Workload | None = None, reference: bool = False,
@@ -99,109 +106,220 @@ def simulate_pipeline(scenario: Scenario, workload: Workload | None = None, refe
     # Stations run in float64: absolute times over hours need it, and they cost little next to engines
     with jax.enable_x64(True):
         params = {name: resource_params(r, jnp.float64) for name, r in resources.items()}
+    draws = _draw(scenario, workload, rng)
+    hops = [hop for index in range(len(scenario.clients)) for hop in _hops(scenario, workload, index, draws)]
+    job_frames, engine_results = [], {}
+    for node in resource_order(scenario):
+        here = [h for h in hops if h.template.node == node]
+        for h in here:
+            h.ready = _ready(h, hops, workload.arrival_s)
+        if node.startswith("engine:"):
+            jobs = _engine_node(scenario, node[len("engine:"):], here, draws, reference, progress)
+            job_frames.append(jobs[0])
+            engine_results[node[len("engine:"):]] = jobs[1]
+        else:
+            with jax.enable_x64(True):
+                _station_node(scenario, resources[node], params[node], here, draws, reference)
+    jobs = pd.concat(job_frames, ignore_index=True)
+    df = _requests(scenario, workload, draws, hops, jobs)
+    series = [r.timeseries for r in engine_results.values() if len(r.timeseries)]
+    ts = pd.concat(series, ignore_index=True) if series else pd.DataFrame()
+    capability = {k: v for r in engine_results.values() for k, v in r.extra.get("capability", {}).items()}
+    summary = summarize(df, ts, scenario, capability)
+    extra = {"capability": capability, "stages": _stage_records(hops, jobs), "jobs": jobs,
+             "deferred_steps": {k: v for r in engine_results.values() for k, v in r.extra.get("deferred_steps", {}).items()}}
+    return Results(df, ts, summary, extra)
+
+
+@dataclasses.dataclass
+class _Draws:
+    """Per-request quantities drawn once per run. Arrays (N,) unless noted."""
+    prompt: np.ndarray        # tokens the engine sees: the client's prompt plus retrieved passages
+    answer: np.ndarray        # tokens of the answer (the client's output length)
+    retrieved: np.ndarray     # tokens added by RAG
+    cached: np.ndarray        # prompt tokens whose KV was fetched (kv_fetch)
+    thinking: dict            # client index -> (client's rows, samples, rounds) thinking tokens
+    local: np.ndarray         # each request's position among its client's rows
+    engine: np.ndarray        # (N,) object: the engine of each request's first answer (its KV's model)
+    choice: np.ndarray        # index into its route's ``to`` (0 without a route)
+    escalations: np.ndarray   # cascade: times the answer is escalated
+
+
+def _draw(scenario, workload, rng) -> _Draws:
     n = len(workload)
-    cached = np.zeros(n, np.int64)
-    thinking = np.zeros(n, np.int64)
-    retrieved = np.zeros(n, np.int64)
-    clients: dict[str, _Client] = {}
-    for client in scenario.clients:
+    cached, retrieved, local = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    choice, escalations = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    engine = np.empty(n, dtype=object)
+    thinking = {}
+    for index, client in enumerate(scenario.clients):
         rows = np.flatnonzero(workload.client == workload.client_names.index(client.name))
-        pipeline = client.pipeline or (Generate(engine=client.engine),)
-        clients[client.name] = _Client(rows, pipeline, {})
+        local[rows] = np.arange(len(rows))
+        pipeline = pipeline_of(client)
         retrieved[rows] = added_prompt_tokens(pipeline)
+        route = route_of(pipeline)
+        if route:
+            choice[rows] = route.choose(workload.input_tokens[rows] + retrieved[rows], rng)
+            escalations[rows] = route.escalations(len(rows), rng)
+            engine[rows] = np.array(route.to, dtype=object)[choice[rows]]
+        else:
+            engine[rows] = pipeline[-1].engines()[0]
         for stage in pipeline:
             if isinstance(stage, KVFetch):
                 hashes = None if workload.hash_ids is None else [workload.hash_ids[i] for i in rows]
                 cached[rows] = prefix_hits(stage, workload.input_tokens[rows], hashes, rng)
-            if isinstance(stage, Reasoning):
-                thinking[rows] = lengths(stage.thinking, len(rows), rng)
+        reasoning = reasoning_of(pipeline)
+        samples = pipeline[-1].samples
+        shape = (len(rows), samples, reasoning.rounds if reasoning else 1)
+        thinking[index] = (lengths(reasoning.thinking, int(np.prod(shape)), rng).reshape(shape) if reasoning
+                           else np.zeros(shape, np.int64))
+    return _Draws(workload.input_tokens + retrieved, workload.output_tokens.copy(), retrieved, cached, thinking,
+                  local, engine, choice, escalations)
 
-    def ready(c: _Client, k: int):
-        """When a request reaches stage k: the previous resource stage's finish (or its arrival)."""
-        for j in range(k - 1, -1, -1):
-            if c.pipeline[j].node:
-                return c.done[j][1]
-        return workload.arrival_s[c.rows]
 
-    records: list[pd.DataFrame] = []
-    with jax.enable_x64(True):
-        _run_resources(scenario, resources, params, clients, ready, cached, reference, records)
+def _hops(scenario, workload, index, draws) -> list[_Hop]:
+    client = scenario.clients[index]
+    rows = np.flatnonzero(workload.client == workload.client_names.index(client.name))
+    chosen, escalations = draws.choice[rows], draws.escalations[rows]
+    more = draws.answer[rows] + draws.thinking[index].sum(axis=(1, 2)) > 1
+    hops = []
+    for t in hop_templates(client):
+        take = np.ones(len(rows), bool)
+        if t.choice >= 0:
+            take = chosen == t.choice
+        if t.attempt > 0:
+            take = escalations >= t.attempt
+        if t.role in ("transfer", "decode"):
+            take = more
+        hops.append(_Hop(t, index, rows[take]))
+    for h in hops:   # templates index hops within the client; make them global
+        h.template = dataclasses.replace(h.template, after=tuple(hops[a] for a in h.template.after))
+    return hops
 
-    engine_arrival = np.zeros(n)
-    for c in clients.values():
-        k = next(k for k, s in enumerate(c.pipeline) if isinstance(s, Generate))
-        engine_arrival[c.rows] = ready(c, k)
-    order = np.argsort(engine_arrival, kind="stable")
-    staged = Workload(arrival_s=engine_arrival[order], input_tokens=(workload.input_tokens + retrieved)[order],
-                      output_tokens=(workload.output_tokens + thinking)[order], client=workload.client[order],
-                      client_names=workload.client_names, cached_tokens=cached[order])
-    if reference:
-        from ..sim.reference import simulate_reference
-        result = simulate_reference(scenario, staged)
-    else:
-        result = simulate(scenario, staged, progress=progress)
-    df = result.requests.copy()
-    df["request"] = order
-    df = df.sort_values("request").reset_index(drop=True)
-    df["engine_arrival_s"] = engine_arrival   # float64 (the engine's record keeps a float32 offset)
-    df["arrival_s"] = workload.arrival_s
-    df["retrieved_tokens"], df["cached_tokens"], df["thinking_tokens"] = retrieved, cached, thinking
+
+def _ready(hop: _Hop, hops, arrival) -> np.ndarray:
+    if not hop.template.after:
+        return arrival[hop.rows].astype(float)
+    when = np.full(len(arrival), np.nan)
+    for a in hop.template.after:
+        when[a.rows] = a.finish
+    return when[hop.rows]
+
+
+def _engine_node(scenario, name, here, draws, reference, progress):
+    frames = []
+    for k, h in enumerate(here):
+        client = scenario.clients[h.client]
+        jobs = hop_jobs(h.template, h.rows, h.ready, draws.prompt, draws.answer, draws.cached,
+                        draws.thinking[h.client][draws.local[h.rows]], reasoning_of(pipeline_of(client)))
+        jobs["hop_id"] = k
+        frames.append(jobs.assign(attempt=h.template.attempt, role=h.template.role, engine=name))
+    jobs = pd.concat(frames, ignore_index=True)
+    chained = jobs.chain >= 0   # chains are numbered within a hop; make them unique on the engine
+    jobs.loc[chained, "chain"] = jobs[chained].groupby(["hop_id", "chain"]).ngroup()
+    client_of = np.zeros(len(draws.prompt), np.int64)
+    for h in here:
+        client_of[h.rows] = h.client
+    jobs, result = run_engine(scenario, name, jobs, client_of, reference, progress)
+    for k, h in enumerate(here):   # a hop's span per request: its first admission to its last finish
+        part = jobs[jobs.hop_id == k]
+        start = part.groupby("request").admit_s.min()
+        finish = part.groupby("request").finish_s.agg(lambda x: x.max() if x.notna().all() else np.nan)
+        h.start = start.reindex(h.rows).to_numpy(float)
+        h.finish = finish.reindex(h.rows).to_numpy(float)
+    return jobs.drop(columns="hop_id"), result
+def _station_node(scenario, resource, params, here, draws, reference):
+    """Every hop placed on one shared resource, simulated together (clients contend); fills each
+    hop's start and finish. Rows whose ready time is NaN (an unfinished earlier hop) do not come."""
+    live = [np.isfinite(h.ready) for h in here]
+    release = np.concatenate([h.ready[m] for h, m in zip(here, live)])
+    stages = {h.template.stage for h in here}
+    first = here[0].template.stage
+    nbytes = None
+    if resource.kind in ("tier", "link"):
+        nbytes = np.concatenate([_transfer_bytes(scenario, h, draws)[m] for h, m in zip(here, live)])
+        start, finish = station_times(resource, first, params, release, nbytes, reference)
+    elif len(stages) == 1:
+        start, finish = station_times(resource, first, params, release, None, reference)
+    else:   # different single-job stages on one pool (checked at load): each job its own service time
+        per_job = np.concatenate([np.full(int(m.sum()), float(h.template.stage.batch_seconds(resource, params)[0]))
+                                  for h, m in zip(here, live)])
+        fn = events.batch_servers_events if reference else batch_servers
+        start, finish = fn(release, per_job, lambda _, total: total, servers(resource, first, params), 1)
+    start, finish = np.asarray(start, float), np.asarray(finish, float)
+    offset = 0
+    for h, m in zip(here, live):
+        k = int(m.sum())
+        h.start, h.finish = np.full(len(h.rows), np.nan), np.full(len(h.rows), np.nan)
+        h.start[m], h.finish[m] = start[offset:offset + k], finish[offset:offset + k]
+        offset += k
+
+
+def _transfer_bytes(scenario, hop, draws) -> np.ndarray:
+    """Bytes a tier or link hop moves per row: a fetched prefix, or a disaggregated prompt's KV."""
+    per_token = {name: get_model(scenario.engine(name).model).kv_bytes_per_token(_kv_dtype(scenario.engine(name)))
+                 for name in set(draws.engine[hop.rows])}
+    per_token = np.array([per_token[name] for name in draws.engine[hop.rows]], float)
+    if hop.template.role == "transfer":
+        return draws.prompt[hop.rows] * per_token
+    return draws.cached[hop.rows] * per_token / hop.template.stage.compression
+
+
+def _kv_dtype(engine) -> str:
+    return engine.kv_dtype or (engine.dtype if engine.dtype in KV_DTYPES else "bf16")   # EngineSpec's default
+
+
+def _requests(scenario, workload, draws, hops, jobs) -> pd.DataFrame:
+    n = len(workload)
+    reply = replies(jobs, n)
+    clients = scenario.clients
+    engine_arrival = np.full(n, np.nan)
+    engine_name = np.array([c.engine for c in clients], dtype=object)[workload.client]
+    for h in hops:   # hop order is pipeline order: later hops (escalations) overwrite
+        if h.template.role in ("whole", "prefill"):
+            if h.template.attempt == 0:
+                engine_arrival[h.rows] = h.ready
+            engine_name[h.rows] = h.template.engine
+        if h.template.role == "decode":
+            engine_name[h.rows] = f"{engine_name[h.rows][0]}>{h.template.engine}" if len(h.rows) else ""
+    thinking = np.zeros(n, np.int64)
+    for index, t in draws.thinking.items():
+        rows = np.flatnonzero(workload.client == workload.client_names.index(clients[index].name))
+        thinking[rows] = t.sum(axis=(1, 2))
+    df = pd.DataFrame({
+        "request": np.arange(n), "client": np.array(workload.client_names, dtype=object)[workload.client],
+        "engine": engine_name, "arrival_s": workload.arrival_s, "engine_arrival_s": engine_arrival,
+        "input_tokens": draws.prompt, "output_tokens": reply.job_output_tokens.fillna(0).astype(np.int64),
+        "answer_tokens": draws.answer, "retrieved_tokens": draws.retrieved, "cached_tokens": draws.cached,
+        "thinking_tokens": thinking})
+    for col in ("replica", "admit_s", "first_token_s", "finish_s", "itl_max_s", "generated", "preemptions", "status",
+                "reject_reason", "tpot_s"):
+        df[col] = reply[col].to_numpy()
+    df["status"] = df.status.fillna("unfinished")
+    df["reject_reason"] = df.reject_reason.fillna("")
+    df["generated"] = df.generated.fillna(0).astype(np.int64)
+    df["preemptions"] = df.preemptions.fillna(0).astype(np.int64)
+    df["replica"] = df.replica.fillna(-1).astype(np.int64)
+    df["slo_ttft_s"] = np.array([c.slo_ttft_s for c in clients])[workload.client]
+    df["slo_tpot_s"] = np.array([c.slo_tpot_s for c in clients])[workload.client]
+    df["user"] = -1
     # user-visible latencies count every stage from the client's arrival
     df["queueing_s"] = df.admit_s - df.engine_arrival_s
     df["ttft_s"] = df.first_token_s - df.arrival_s
     df["e2e_s"] = df.finish_s - df.arrival_s
+    df.loc[df.status != "finished", "tpot_s"] = np.nan
     df["meets_slo"] = (df.status == "finished") & (df.ttft_s <= df.slo_ttft_s) & (df.tpot_s <= df.slo_tpot_s)
-    summary = summarize(df, result.timeseries, scenario, result.extra.get("capability"))
-    for c in clients.values():
-        k = next(k for k, s in enumerate(c.pipeline) if isinstance(s, Generate))
-        records.append(pd.DataFrame({"request": c.rows, "stage": f"{k}:generate", "resource": f"engine:{c.pipeline[k].engine}",
-                                     "ready_s": engine_arrival[c.rows], "start_s": df.admit_s.to_numpy()[c.rows],
-                                     "finish_s": df.finish_s.to_numpy()[c.rows]}))
-    stages = pd.concat(records, ignore_index=True).sort_values(["request", "stage"], kind="stable").reset_index(drop=True)
-    result.extra["stages"] = stages
-    return Results(df, result.timeseries, summary, result.extra)
+    return df
 
 
-def _run_resources(scenario, resources, params, clients, ready, cached, reference, records):
-    """Every shared resource once, feeders first; fills each client's ``done`` and ``records``."""
-    for node in resource_order(scenario):
-        if node.startswith("engine:") or not node:
-            continue
-        users = [(c, k) for c in clients.values() for k, s in enumerate(c.pipeline) if s.node == node]
-        stages = {c.pipeline[k] for c, k in users}
-        if len(stages) > 1 and any(s.batch > 1 or s.threads != next(iter(stages)).threads for s in stages):
-            raise ConfigError(f"resource {node!r}: stages that batch or use several threads must be identical to share "
-                              f"it; got {sorted(s.kind for s in stages)}")
-        release = np.concatenate([ready(c, k) for c, k in users])
-        nbytes = None
-        if resources[node].kind in ("tier", "link"):
-            nbytes = np.concatenate([_kv_bytes(scenario, c.pipeline, cached[c.rows], c.pipeline[k]) for c, k in users])
-        if len(stages) == 1 or resources[node].kind in ("tier", "link"):
-            start, finish = station_times(resources[node], users[0][0].pipeline[users[0][1]], params[node], release,
-                                          nbytes, reference)
-        else:   # different FCFS stages on one pool: each job's own service time
-            per_job = np.concatenate([np.full(len(c.rows), float(c.pipeline[k].batch_seconds(resources[node],
-                                                                                             params[node])[0]))
-                                      for c, k in users])
-            c0 = servers(resources[node], users[0][0].pipeline[users[0][1]], params[node])
-            fn = events.batch_servers_events if reference else batch_servers
-            start, finish = fn(release, per_job, lambda _, total: total, c0, 1)
-        start, finish = np.asarray(start, float), np.asarray(finish, float)
-        offset = 0
-        for c, k in users:
-            m = len(c.rows)
-            c.done[k] = (start[offset:offset + m], finish[offset:offset + m])
-            records.append(pd.DataFrame({"request": c.rows, "stage": f"{k}:{c.pipeline[k].kind}", "resource": node,
-                                         "ready_s": release[offset:offset + m], "start_s": c.done[k][0],
-                                         "finish_s": c.done[k][1]}))
-            offset += m
-
-
-def _kv_bytes(scenario: Scenario, pipeline, hits: np.ndarray, stage: KVFetch) -> np.ndarray:
-    engine = scenario.engine(next(s.engine for s in pipeline if isinstance(s, Generate)))
-    model = get_model(engine.model)
-    kv_dtype = engine.kv_dtype or (engine.dtype if engine.dtype in KV_DTYPES else "bf16")   # EngineSpec's default
-    return hits * model.kv_bytes_per_token(kv_dtype) / stage.compression
+def _stage_records(hops, jobs) -> pd.DataFrame:
+    """One row per request and hop: when it was ready, started and finished (s)."""
+    frames = []
+    for index, h in enumerate(hops):
+        frames.append(pd.DataFrame({"request": h.rows, "hop": index, "stage": h.template.label,
+                                    "resource": h.template.node, "ready_s": h.ready, "start_s": h.start,
+                                    "finish_s": h.finish}))
+    stages = pd.concat(frames, ignore_index=True)
+    return stages.sort_values(["request", "hop"], kind="stable").reset_index(drop=True)
 
 
 __all__ = ["simulate_pipeline", "station_times", "resource_params"]

@@ -66,30 +66,76 @@ class Resource:
 
 
 def check_pipelines(scenario) -> None:
-    """Cross-references: every stage's resource, engine and model exist and fit; the order in which
-    resources feed each other has no cycle (each resource is simulated once, after all its inputs)."""
-    from .stages import Generate
+    """Cross-references: every stage's resource, engine and model exist and fit; routed and
+    disaggregated generation is consistent; the order in which nodes (resources and engines) feed
+    each other has no cycle (each is simulated once, after all its inputs)."""
+    from .plan import node_edges
     resources = {r.name: r for r in scenario.resources}
     if len(resources) != len(scenario.resources):
         raise ConfigError(f"{scenario.source}: resource names must be unique, got {[r.name for r in scenario.resources]}")
     engines = {e.name for e in scenario.engines}
-    edges: dict[str, set[str]] = {}
     for client in scenario.clients:
-        previous = None
-        for k, stage in enumerate(client.pipeline):
-            place = f"{scenario.source}: [[client]] {client.name!r} pipeline[{k}] ({stage.kind})"
-            node = stage.check(place, resources, engines)
-            if previous is not None and previous != node:
-                edges.setdefault(previous, set()).add(node)
-            previous = node
-        if client.pipeline and not isinstance(client.pipeline[-1], Generate):
-            raise ConfigError(f"{scenario.source}: [[client]] {client.name!r} pipeline: the last stage must be "
-                              "\"generate\" (the request's reply)")
-    cycle = _find_cycle(edges)
+        if client.pipeline:
+            _check_client(scenario, client, resources, engines)
+    _check_sharing(scenario)
+    cycle = _find_cycle(node_edges(scenario.clients))
     if cycle:
         raise ConfigError(f"{scenario.source}: pipelines feed resources in a cycle: {' -> '.join(cycle)}. Each "
                           "resource is simulated once, after every resource that feeds it; give the stages on "
                           "the cycle separate resources")
+
+
+def _check_sharing(scenario) -> None:
+    """Different stages may share a cpu or accelerator pool only as single jobs on the same number of
+    cores (one FCFS queue over identical servers; each job keeps its own service time)."""
+    from .plan import hop_templates
+    placed: dict[str, set] = {}
+    for client in scenario.clients:
+        for hop in hop_templates(client):
+            if hop.role == "" and hop.stage.resource_kinds != ("tier", "link"):
+                placed.setdefault(hop.node, set()).add(hop.stage)
+    for node, stages in placed.items():
+        if len(stages) > 1 and (any(s.batch > 1 for s in stages) or len({s.threads for s in stages}) > 1):
+            detail = ", ".join(sorted(f"{s.kind} (batch {s.batch}, threads {s.threads})" for s in stages))
+            raise ConfigError(f"{scenario.source}: resource {node!r} is shared by different stages: {detail}; "
+                              "stages sharing a pool must all have batch = 1 and the same threads (or be identical)")
+
+
+def _check_client(scenario, client, resources, engines) -> None:
+    from ..models.config import get_model
+    from .retrieval import Route
+    from .stages import Generate, KVFetch, Reasoning
+    where = f"{scenario.source}: [[client]] {client.name!r} pipeline"
+    pipeline = client.pipeline
+    for k, stage in enumerate(pipeline):
+        stage.check(f"{where}[{k}] ({stage.kind})", resources, engines)
+    if not isinstance(pipeline[-1], Generate):
+        raise ConfigError(f"{where}: the last stage must be \"generate\" (the request's reply)")
+    generate, k = pipeline[-1], len(pipeline) - 1
+    routes = [j for j, s in enumerate(pipeline) if isinstance(s, Route)]
+    if len(routes) > 1:
+        raise ConfigError(f"{where}: at most one route stage, got {len(routes)}")
+    if routes and (generate.engine or generate.disaggregated):
+        raise ConfigError(f"{where}[{k}] (generate): after a route stage, generate names no engine (the route picks)")
+    if not routes and not generate.engines():
+        raise ConfigError(f"{where}[{k}] (generate) engine: required (or a route stage before it)")
+    if sum(isinstance(s, Reasoning) for s in pipeline) > 1:
+        raise ConfigError(f"{where}: at most one reasoning stage")
+    reasoning = [s for s in pipeline if isinstance(s, Reasoning)]
+    if reasoning and reasoning[0].rounds > 1 and generate.disaggregated:
+        raise ConfigError(f"{where}: multi-round reasoning (rounds > 1) needs one engine, not disaggregated "
+                          "prefill/decode")
+    targets = pipeline[routes[0]].to if routes else generate.engines()
+    models = {scenario.engine(e).model for e in targets}
+    if generate.disaggregated and len(models) > 1:
+        raise ConfigError(f"{where}[{k}] (generate): prefill_engine and decode_engine serve different models "
+                          f"({', '.join(sorted(models))}); the KV cache moves between them")
+    fetch = [j for j, s in enumerate(pipeline) if isinstance(s, KVFetch)]
+    if fetch and routes and fetch[0] < routes[0] and len(models) > 1:
+        raise ConfigError(f"{where}[{fetch[0]}] (kv_fetch): the KV cache is per model and the route's engines serve "
+                          f"{', '.join(sorted(models))}; place kv_fetch after the route")
+    for name in models:
+        get_model(name)
 
 
 def _find_cycle(edges: dict[str, set[str]]) -> list[str]:
@@ -120,14 +166,11 @@ def _find_cycle(edges: dict[str, set[str]]) -> list[str]:
 
 def resource_order(scenario) -> list[str]:
     """Resources and engines (``engine:NAME``) in an order where every feeder comes first."""
-    edges: dict[str, set[str]] = {}
+    from .plan import hop_templates, node_edges
+    edges = node_edges(scenario.clients)
     nodes: list[str] = []
     for client in scenario.clients:
-        chain = [s.node for s in client.pipeline] if client.pipeline else [f"engine:{client.engine}"]
-        for a, b in zip(chain, chain[1:]):
-            if a != b:
-                edges.setdefault(a, set()).add(b)
-        nodes += [n for n in chain if n not in nodes]
+        nodes += [h.node for h in hop_templates(client) if h.node not in nodes]
     order, seen = [], set()
 
     def visit(node):
@@ -135,7 +178,7 @@ def resource_order(scenario) -> list[str]:
             return
         seen.add(node)
         for other in nodes:   # feeders of node first
-            if node in edges.get(other, ()):
+            if node in edges.get(other, ()) and other != node:
                 visit(other)
         order.append(node)
 

@@ -1,163 +1,36 @@
-"""Stage kinds of a pipeline. Each is a small frozen class: its fields (static configuration), how it
-is parsed and checked, the seconds of one batch on its resource (differentiable in the hardware
-parameters), and what it does to the request (tokens added to the prompt or output, KV cached).
-
-Assumptions, stated once: a RAG stage's per-query size is fixed per stage (``query_tokens``,
-``chunk_tokens``), not per request; a CPU job runs on ``threads`` cores, so a pool of C cores is
-C // threads servers; an accelerator pool runs one batch per device.
+"""Stage kinds of a pipeline that are not retrieval: the base class, KV-cache fetch, reasoning and
+generate. Each stage is a small frozen class: its fields (static configuration), how it is checked
+against the scenario's resources and engines, and what it does to the request.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import jax.numpy as jnp
 import numpy as np
 
 from ..errors import ConfigError
-
-INDEXES = ("hnsw", "ivf", "flat")
-
-
-def _num(where, index, name, data, key, default, integer=False, allow_zero=False):
-    from ..sim.scenario import _positive
-    return _positive(where, "client", index, name, data, key, default, integer=integer, allow_zero=allow_zero)
 
 
 @dataclass(frozen=True)
 class Stage:
     kind = ""
+    resource_kinds = ()
     on: str = ""
+    batch: int = 1       # cpu or accelerator pools: queries per batch
+    threads: int = 1     # cpu pools: cores per job
 
     @property
     def node(self) -> str:
+        """The resource it runs on ("" for none)."""
         return self.on
 
-    def check(self, place: str, resources: dict, engines: set) -> str:
+    def check(self, place: str, resources: dict, engines: set) -> None:
         if self.on not in resources:
             raise ConfigError(f"{place} on: unknown resource {self.on!r}; defined: {', '.join(resources) or 'none'}")
-        allowed = self.resource_kinds
-        if resources[self.on].kind not in allowed:
+        if resources[self.on].kind not in self.resource_kinds:
             raise ConfigError(f"{place} on: {self.on!r} is a {resources[self.on].kind} resource; a {self.kind} stage "
-                              f"runs on {' or '.join(allowed)}")
-        return self.on
-
-    # stations with batching (cpu, accelerator pools)
-    batch: int = 1
-    threads: int = 1
-
-
-@dataclass(frozen=True)
-class Encoder(Stage):
-    """Shared by embed and rerank: an encoder model over ``sequences`` x ``tokens`` per query."""
-
-    model: str = ""
-    resource_kinds = ("cpu", "accelerator")
-
-    def sequences_and_tokens(self) -> tuple[int, int]:
-        raise NotImplementedError
-
-    def check(self, place, resources, engines):
-        node = super().check(place, resources, engines)
-        from ..models.config import get_model
-        try:
-            model = get_model(self.model)
-        except ConfigError as exc:
-            raise ConfigError(f"{place} model: {exc}") from None
-        _, tokens = self.sequences_and_tokens()
-        if tokens > model.max_context:
-            raise ConfigError(f"{place}: {tokens} tokens per sequence exceed {self.model}'s {model.max_context}")
-        res = resources[self.on]
-        if res.kind == "accelerator":
-            from ..hardware.catalog import get_hardware
-            capacity = float(get_hardware(res.hardware).params.hbm_capacity)
-            need = model.weight_bytes("bf16")
-            if need > capacity:
-                raise ConfigError(f"{place}: {self.model} needs {need / 1e9:.1f} GB of weights, {res.hardware} "
-                                  f"holds {capacity / 1e9:.1f} GB")
-        return node
-
-    def batch_seconds(self, resource, params):
-        """(batch,) seconds for batches of 1..batch queries."""
-        from ..engine import EngineSpec
-        from ..hardware.catalog import get_hardware
-        from ..iteration import iteration_cost
-        from ..kernels.transfer import cpu_time
-        from ..models.config import get_model
-        seqs, tokens = self.sequences_and_tokens()
-        k = jnp.arange(1, self.batch + 1, dtype=params.log["hbm_bandwidth"].dtype)[:, None]
-        spec = EngineSpec(get_model(self.model), get_hardware(resource.hardware).spec)
-        cost = iteration_cost(spec, params, tokens + 0 * k, 0 * k, 0 * k, copies=k * seqs)
-        if resource.kind == "accelerator":
-            return cost.time
-        return cpu_time(params, cost.op_flop.sum(-1), cost.op_bytes.sum(-1), float(self.threads))
-
-
-@dataclass(frozen=True)
-class Embed(Encoder):
-    kind = "embed"
-    query_tokens: int = 32
-
-    def sequences_and_tokens(self):
-        return 1, self.query_tokens
-
-
-@dataclass(frozen=True)
-class Rerank(Encoder):
-    """Cross-encoder over the search's candidates (query + passage each); keeps ``keep`` passages."""
-
-    kind = "rerank"
-    query_tokens: int = 32
-    chunk_tokens: int = 128
-    candidates: int = 10
-    keep: int = 3
-
-    def sequences_and_tokens(self):
-        return self.candidates, self.query_tokens + self.chunk_tokens
-
-
-@dataclass(frozen=True)
-class VectorSearch(Stage):
-    """Approximate nearest-neighbour search on CPU cores, one query per ``threads`` cores.
-
-    Per query: distance computations x dim, each vector read from DRAM. Graph indexes (HNSW, DiskANN)
-    visit ``ef`` x ``degree`` candidates plus a log-depth descent; IVF scans ``nlist`` centroids and
-    ``nprobe`` lists of vectors / nlist; flat scans every vector. Each distance costs 2 dim FLOP and
-    dim x ``bytes_per_dim`` bytes, at the core's FLOP rate or its share of DRAM bandwidth, whichever
-    is slower, plus ``visit_s`` per graph hop (pointer chasing)."""
-
-    kind = "vector_search"
-    resource_kinds = ("cpu",)
-    index: str = "hnsw"
-    vectors: float = 1e7
-    dim: int = 768
-    bytes_per_dim: float = 4.0
-    ef: int = 64
-    degree: int = 32
-    nlist: int = 4096
-    nprobe: int = 16
-    top_k: int = 10
-    chunk_tokens: int = 128
-    visit_s: float = 1e-7
-
-    def distances(self) -> float:
-        if self.index == "flat":
-            return self.vectors
-        if self.index == "ivf":
-            return self.nlist + self.nprobe * self.vectors / self.nlist
-        return self.ef * self.degree + self.degree * math.log2(max(self.vectors, 2.0))
-
-    def batch_seconds(self, resource, params):
-        n = self.distances()
-        flop, nbytes = 2.0 * n * self.dim, n * self.dim * self.bytes_per_dim
-        cores = float(self.threads)
-        per_query = jnp.maximum(flop / (cores * params.cpu_core_flops),
-                                nbytes / (params.cpu_dram_bandwidth * cores / params.cpu_cores))
-        if self.index == "hnsw":
-            per_query = per_query + self.visit_s * (self.ef + math.log2(max(self.vectors, 2.0))) / cores
-        k = jnp.arange(1, self.batch + 1, dtype=per_query.dtype)
-        return per_query * k
+                              f"runs on {' or '.join(self.resource_kinds)}")
 
 
 @dataclass(frozen=True)
@@ -179,91 +52,70 @@ class KVFetch(Stage):
 
 @dataclass(frozen=True)
 class Reasoning(Stage):
-    """Thinking tokens generated before the answer: they lengthen the output (and the context)."""
+    """Thinking before the answer, in ``rounds`` rounds: each round generates ``thinking`` tokens
+    (drawn per round); between rounds a tool or verifier runs for ``tool_wait_s`` and returns
+    ``tool_tokens`` tokens, and the next round's prompt is the grown context, whose KV the engine
+    still holds (prefix reuse), so only the tool tokens are prefilled again. The last round ends with
+    the answer. Placed before ``generate``; it has no resource of its own."""
 
     kind = "reasoning"
-    thinking: object = None    # a scenario Distribution
-    resource_kinds = ()
+    thinking: object = None    # a scenario Distribution: thinking tokens per round
+    rounds: int = 1
+    tool_wait_s: float = 0.0
+    tool_tokens: int = 0
 
     @property
     def node(self) -> str:
         return ""
 
     def check(self, place, resources, engines):
-        return ""
+        return None
 
 
 @dataclass(frozen=True)
 class Generate(Stage):
+    """Prefill and decode of the reply, the last stage. On one engine (``engine``); disaggregated
+    (``prefill_engine`` computes the prompt and the first token, the prompt's KV crosses ``kv_link``,
+    ``decode_engine`` generates the rest); or, after a ``route`` stage, on the engine it picks (no
+    engine named). ``samples`` > 1 is best-of-n: n samples of the reply share the prompt's KV (it is
+    prefilled once) and the reply is ready when the last sample finishes."""
+
     kind = "generate"
     engine: str = ""
+    prefill_engine: str = ""
+    decode_engine: str = ""
+    kv_link: str = ""
+    samples: int = 1
 
     @property
     def node(self) -> str:
-        return f"engine:{self.engine}"
+        return f"engine:{self.engine}" if self.engine else ""
+
+    @property
+    def disaggregated(self) -> bool:
+        return bool(self.prefill_engine)
+
+    def engines(self) -> tuple[str, ...]:
+        return (self.prefill_engine, self.decode_engine) if self.disaggregated else ((self.engine,) if self.engine else ())
 
     def check(self, place, resources, engines):
-        if self.engine not in engines:
-            raise ConfigError(f"{place} engine: unknown engine {self.engine!r}; defined: {', '.join(sorted(engines))}")
-        return self.node
-
-
-STAGES = {cls.kind: cls for cls in (Embed, VectorSearch, Rerank, KVFetch, Reasoning, Generate)}
-FIELDS = {
-    "embed": {"on", "model", "query_tokens", "batch", "threads"},
-    "rerank": {"on", "model", "query_tokens", "chunk_tokens", "candidates", "keep", "batch", "threads"},
-    "vector_search": {"on", "index", "vectors", "dim", "bytes_per_dim", "ef", "degree", "nlist", "nprobe", "top_k",
-                      "chunk_tokens", "visit_s", "batch", "threads"},
-    "kv_fetch": {"on", "hit_rate", "prefix_fraction", "compression", "block_tokens"},
-    "reasoning": {"thinking"},
-    "generate": {"engine"},
-}
-INTEGER = {"query_tokens", "chunk_tokens", "candidates", "keep", "batch", "threads", "dim", "ef", "degree", "nlist",
-           "nprobe", "top_k", "block_tokens"}
-
-
-def parse_stage(data, k: int, where, index: int, client: str, base) -> Stage:
-    from ..sim.scenario import Distribution, _check_keys, _choice
-    key = f"pipeline[{k}]"
-    if not isinstance(data, dict):
-        raise where.error("client", index, client, key, "expected a table like { stage = \"embed\", on = \"cpu\" }")
-    kind = _choice(where, "client", index, client, data, f"{key}.stage", tuple(STAGES))
-    _check_keys(where, "client", index, client, data, FIELDS[kind] | {"stage"}, prefix=key + ".")
-    values: dict = {}
-    for name in sorted(FIELDS[kind]):
-        if name not in data:
-            continue
-        value = data[name]
-        if name in ("on", "model", "engine", "index"):
-            if not isinstance(value, str):
-                raise where.error("client", index, client, f"{key}.{name}", f"must be a string, got {value!r}")
-            if name == "index" and value not in INDEXES:
-                raise where.error("client", index, client, f"{key}.index", f"{value!r} is not allowed; allowed: "
-                                  f"{', '.join(INDEXES)}")
-        elif name == "thinking":
-            value = Distribution.parse(value, where, index, client, f"{key}.thinking", base)
-        elif name == "hit_rate" and value == "trace":
-            pass
-        else:
-            value = _num(where, index, client, {name: value}, f"{key}.{name}", None, integer=name in INTEGER,
-                         allow_zero=name in ("hit_rate", "visit_s"))
-            if name in ("hit_rate", "prefix_fraction") and value > 1:
-                raise where.error("client", index, client, f"{key}.{name}", f"must be in [0, 1], got {value}")
-        values[name] = value
-    for required in {"embed": ("on", "model"), "rerank": ("on", "model"), "vector_search": ("on",),
-                     "kv_fetch": ("on",), "reasoning": ("thinking",), "generate": ("engine",)}[kind]:
-        if required not in values:
-            raise where.error("client", index, client, f"{key}.{required}", "required")
-    return STAGES[kind](**values)
-
-
-def added_prompt_tokens(pipeline) -> int:
-    """Tokens the RAG stages add to the prompt: passages kept x tokens per passage."""
-    search = [s for s in pipeline if isinstance(s, VectorSearch)]
-    rerank = [s for s in pipeline if isinstance(s, Rerank)]
-    if rerank:
-        return rerank[-1].keep * rerank[-1].chunk_tokens
-    return search[-1].top_k * search[-1].chunk_tokens if search else 0
+        for field in ("engine", "prefill_engine", "decode_engine"):
+            name = getattr(self, field)
+            if name and name not in engines:
+                raise ConfigError(f"{place} {field}: unknown engine {name!r}; defined: {', '.join(sorted(engines))}")
+        if self.disaggregated:
+            if self.engine or not self.decode_engine or not self.kv_link:
+                raise ConfigError(f"{place}: a disaggregated generate names prefill_engine, decode_engine and kv_link "
+                                  "(and no engine)")
+            if self.prefill_engine == self.decode_engine:
+                raise ConfigError(f"{place}: prefill_engine and decode_engine must differ")
+            if self.samples > 1:
+                raise ConfigError(f"{place} samples: best-of-n is not supported with disaggregated prefill/decode")
+            if self.kv_link not in resources or resources[self.kv_link].kind not in ("link", "tier"):
+                raise ConfigError(f"{place} kv_link: {self.kv_link!r} is not a link or tier resource; defined: "
+                                  f"{', '.join(resources) or 'none'}")
+        elif self.decode_engine or self.kv_link:
+            raise ConfigError(f"{place}: decode_engine and kv_link need prefill_engine (disaggregated prefill/decode)")
 
 
 def prefix_hits(stage: KVFetch, inputs: np.ndarray, hash_ids, rng: np.random.Generator) -> np.ndarray:
@@ -285,5 +137,4 @@ def prefix_hits(stage: KVFetch, inputs: np.ndarray, hash_ids, rng: np.random.Gen
     return np.clip(hits, 0, np.maximum(inputs - 1, 0))
 
 
-__all__ = ["Stage", "Embed", "VectorSearch", "Rerank", "KVFetch", "Reasoning", "Generate", "STAGES", "parse_stage",
-           "added_prompt_tokens", "prefix_hits"]
+__all__ = ["Stage", "KVFetch", "Reasoning", "Generate", "prefix_hits"]

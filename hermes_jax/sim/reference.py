@@ -189,20 +189,30 @@ def _run_group(group, scenario, workload, rows, df):
         if time >= horizon:
             break
         if kind == ARRIVAL:
-            if rejected[who]:
-                send_next(who, time)
-                continue
-            if e.router == "round_robin":
-                r = routed % e.replicas
-            elif e.router == "least_outstanding":
-                r = int(np.argmin([(rep.req >= 0).sum() + len(rep.queue) for rep in replicas]))
-            else:
-                r = int(np.argmin([_blocks(rep.alloc, bs).sum() / group.replica_kv[k] for k, rep in enumerate(replicas)]))
-            routed += 1
-            replica_of[who] = r
-            replicas[r].queue.append((who, -1))
-            if not replicas[r].busy:
-                start(r, time)
+            # requests arriving at the same instant (best-of-n samples, a burst) are queued together
+            # before an idle replica composes its next batch
+            batch = [who]
+            while events and events[0][0] == time and events[0][1] == ARRIVAL:
+                batch.append(heapq.heappop(events)[3])
+            touched = []
+            for who in batch:
+                if rejected[who]:
+                    send_next(who, time)
+                    continue
+                if e.router == "round_robin":
+                    r = routed % e.replicas
+                elif e.router == "least_outstanding":
+                    r = int(np.argmin([(rep.req >= 0).sum() + len(rep.queue) for rep in replicas]))
+                else:
+                    r = int(np.argmin([_blocks(rep.alloc, bs).sum() / group.replica_kv[k]
+                                       for k, rep in enumerate(replicas)]))
+                routed += 1
+                replica_of[who] = r
+                replicas[r].queue.append((who, -1))
+                touched.append(r)
+            for r in dict.fromkeys(touched):
+                if not replicas[r].busy:
+                    start(r, time)
         else:
             start(who, time)
     for rep in replicas:   # requests still in a batch at the horizon

@@ -42,11 +42,17 @@ def print_summary(results: Results) -> None:
 
 
 def stage_breakdown(results: Results):
-    """Mean wait (ready to start) and service (start to finish) per client and stage, finished requests."""
+    """Mean wait (ready to start) and service (start to finish) per client and stage over the
+    client's finished requests; a hop a request did not take (another routed engine, no
+    escalation) counts as 0, so the stages of a client add up to its mean time in the system."""
     st = results.extra["stages"].merge(results.requests[["request", "client", "status"]], on="request")
-    st = st[st.status == "finished"]
-    return (st.assign(wait_s=st.start_s - st.ready_s, service_s=st.finish_s - st.start_s)
-            .groupby(["client", "stage", "resource"], sort=False)[["wait_s", "service_s"]].mean().reset_index())
+    st = st[st.status == "finished"].assign(wait_s=lambda d: d.start_s - d.ready_s,
+                                           service_s=lambda d: d.finish_s - d.start_s)
+    finished = results.requests[results.requests.status == "finished"].groupby("client").size()
+    table = st.groupby(["client", "stage", "resource"], sort=False)[["wait_s", "service_s"]].sum().reset_index()
+    share = finished.reindex(table.client).to_numpy()
+    table[["wait_s", "service_s"]] = table[["wait_s", "service_s"]].to_numpy() / share[:, None]
+    return table
 
 
 def write_outputs(results: Results, out: Path) -> list[Path]:
@@ -59,7 +65,7 @@ def write_outputs(results: Results, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "summary.json", out / "requests.csv", out / "timeseries.csv", out / "latency_cdf.png",
              out / "timeseries.png"]
-    extra = {k: v for k, v in results.extra.items() if k != "stages"}
+    extra = {k: v for k, v in results.extra.items() if k not in ("stages", "jobs")}   # tables go to CSV
     paths[0].write_text(json.dumps({**results.summary, "run": extra}, indent=2, default=float))
     results.requests.to_csv(paths[1], index=False)
     results.timeseries.to_csv(paths[2], index=False)
@@ -89,8 +95,9 @@ def write_outputs(results: Results, out: Path) -> list[Path]:
     fig.savefig(paths[4], dpi=110)
     plt.close(fig)
     if "stages" in results.extra:
-        paths += [out / "stages.csv", out / "stage_breakdown.png"]
+        paths += [out / "stages.csv", out / "stage_breakdown.png", out / "jobs.csv"]
         results.extra["stages"].to_csv(paths[5], index=False)
+        results.extra["jobs"].to_csv(paths[7], index=False)   # every engine job: samples, rounds, parts
         table = stage_breakdown(results)
         clients = list(dict.fromkeys(table.client))
         fig, ax = plt.subplots(figsize=(8, 1.2 + 0.6 * len(clients)))
@@ -100,8 +107,8 @@ def write_outputs(results: Results, out: Path) -> list[Path]:
                 widths = np.array([table[(table.client == c) & (table.stage == stage)][part].sum() for c in clients])
                 ax.barh(clients, widths, left=left, hatch=hatch, label=f"{stage} {part[:-2]}", alpha=0.8)
                 left += widths
-        ax.set_xlabel("mean time per finished request (s)")
-        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.35))
+        ax.set_xlabel("mean time per finished request (s); hatched: waiting")
+        ax.legend(fontsize=7, ncol=1 + len(table) // 16, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         fig.savefig(paths[6], dpi=110, bbox_inches="tight")
         plt.close(fig)

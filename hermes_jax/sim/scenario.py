@@ -221,7 +221,9 @@ class Client:
                      "max_requests", "users", "think_time_s", "pipeline"})
         pipeline = ()
         if "pipeline" in data:
-            from ..pipeline.stages import Generate, parse_stage
+            from ..pipeline.parse import parse_stage
+            from ..pipeline.retrieval import Route
+            from ..pipeline.stages import Generate
             if not isinstance(data["pipeline"], list) or not data["pipeline"]:
                 raise where.error("client", index, name, "pipeline", "expected a list of stages, e.g. "
                                   "[{ stage = \"embed\", on = \"cpu\", model = \"bge-base-en-v1.5\" }, "
@@ -230,13 +232,18 @@ class Client:
             generate = [s for s in pipeline if isinstance(s, Generate)]
             if len(generate) != 1:
                 raise where.error("client", index, name, "pipeline", f"needs exactly one generate stage, got {len(generate)}")
-            if "engine" in data and data["engine"] != generate[0].engine:
-                raise where.error("client", index, name, "engine", f"{data['engine']!r} differs from the generate "
-                                  f"stage's engine {generate[0].engine!r}; give it once, in the pipeline")
+            routes = [s for s in pipeline if isinstance(s, Route)]
+            engines = generate[0].engines() or (routes[0].to[:1] if routes else ())
+            if not engines:
+                raise where.error("client", index, name, "pipeline", "the generate stage needs an engine (or a route "
+                                  "stage before it)")
+            if "engine" in data:
+                raise where.error("client", index, name, "engine", "give the engine in the pipeline's generate stage, "
+                                  "not here")
             if "users" in data:
                 raise where.error("client", index, name, "pipeline", "closed-loop clients (users) with a pipeline are "
                                   "not supported yet")
-            data = {**data, "engine": generate[0].engine}
+            data = {**data, "engine": engines[0]}   # the first engine it may use (for display)
         if not isinstance(data.get("engine"), str):
             raise where.error("client", index, name, "engine", "required (the name of an [[engine]])")
         slo = data.get("slo", {})
