@@ -214,3 +214,34 @@ def test_reasoning_tokens_lengthen_the_output(scenario, runs):
     step = get_model("llama-3.1-8b").weight_bytes("bf16") / float(get_hardware("h100-sxm").params.hbm_bandwidth)
     both = done & (b.status == "finished")
     assert (a.e2e_s[both] - b.e2e_s[both] > 200 * step).all()
+
+
+def test_utilization_energy_and_cost_add_up(scenario, runs):
+    from hermes_jax.hardware.catalog import get_hardware
+    from hermes_jax.models.config import get_model
+    fast, _ = runs
+    s, st, df = fast.summary, fast.extra["stages"], fast.requests
+    horizon = scenario.simulation.horizon_s
+    usage = s["resources"]
+    assert set(usage) == {"llm", "embed-cpu", "search-cpu", "rerank-gpu", "cxl"}
+    # a batch-1 pool: busy server-seconds are the jobs' service times (embed: 8 cores, 2 threads a job)
+    embed = st[st.resource == "embed-cpu"]
+    busy = (embed.finish_s.clip(upper=horizon) - embed.start_s.clip(upper=horizon)).sum()
+    assert usage["embed-cpu"]["utilization"] == pytest.approx(busy / (4 * horizon), rel=1e-9)
+    # a tier: the share of time its bandwidth moves the fetched prefixes
+    chat = df[df.client == "chat"]
+    nbytes = chat.cached_tokens * get_model("llama-3.1-8b").kv_bytes_per_token("bf16")
+    bandwidth = float(resource_params({r.name: r for r in scenario.resources}["cxl"]).tier_bandwidth[1])
+    assert usage["cxl"]["utilization"] == pytest.approx(nbytes.sum() / bandwidth / horizon, rel=1e-4)
+    # the engine: idle power all along plus the dynamic part while busy; price per device-hour
+    p = get_hardware("h100-sxm").params
+    u = usage["llm"]["utilization"]
+    assert 0 < u <= 1
+    assert usage["llm"]["energy_j"] == pytest.approx((float(p.power_idle_w) + float(p.power_max_w - p.power_idle_w) * u)
+                                                     * horizon, rel=1e-6)
+    assert usage["llm"]["cost_usd"] == pytest.approx(float(p.price_per_hour) * horizon / 3600)
+    assert usage["rerank-gpu"]["cost_usd"] == pytest.approx(float(p.price_per_hour) * horizon / 3600)
+    total = s["energy"]
+    assert total["energy_j"] == pytest.approx(sum(v["energy_j"] for v in usage.values()))
+    assert total["j_per_token"] == pytest.approx(total["energy_j"] / df.generated.sum())
+    assert total["usd_per_mtok"] * total["tokens_per_usd"] == pytest.approx(1e6)

@@ -23,6 +23,7 @@ from ..engine import KV_DTYPES
 from ..errors import ConfigError
 from ..hardware.catalog import default_catalog, get_hardware
 from ..models.config import get_model
+from ..sim.accounting import batch_busy_seconds, engine_usage, pool_usage, totals
 from ..sim.metrics import summarize
 from ..sim.scenario import Scenario
 from ..sim.simulate import Results
@@ -108,7 +109,7 @@ def simulate_pipeline(scenario: Scenario, workload: Workload | None = None, refe
         params = {name: resource_params(r, jnp.float64) for name, r in resources.items()}
     draws = _draw(scenario, workload, rng)
     hops = [hop for index in range(len(scenario.clients)) for hop in _hops(scenario, workload, index, draws)]
-    job_frames, engine_results = [], {}
+    job_frames, engine_results, usage = [], {}, {}
     for node in resource_order(scenario):
         here = [h for h in hops if h.template.node == node]
         for h in here:
@@ -119,13 +120,15 @@ def simulate_pipeline(scenario: Scenario, workload: Workload | None = None, refe
             engine_results[node[len("engine:"):]] = jobs[1]
         else:
             with jax.enable_x64(True):
-                _station_node(scenario, resources[node], params[node], here, draws, reference)
+                usage[node] = _station_node(scenario, resources[node], params[node], here, draws, reference)
     jobs = pd.concat(job_frames, ignore_index=True)
     df = _requests(scenario, workload, draws, hops, jobs)
     series = [r.timeseries for r in engine_results.values() if len(r.timeseries)]
     ts = pd.concat(series, ignore_index=True) if series else pd.DataFrame()
     capability = {k: v for r in engine_results.values() for k, v in r.extra.get("capability", {}).items()}
     summary = summarize(df, ts, scenario, capability)
+    usage = {**engine_usage(scenario, ts), **usage}
+    summary["resources"], summary["energy"] = usage, totals(usage, df.generated.sum())
     extra = {"capability": capability, "stages": _stage_records(hops, jobs), "jobs": jobs,
              "deferred_steps": {k: v for r in engine_results.values() for k, v in r.extra.get("deferred_steps", {}).items()}}
     return Results(df, ts, summary, extra)
@@ -227,9 +230,10 @@ def _engine_node(scenario, name, here, draws, reference, progress):
         h.start = start.reindex(h.rows).to_numpy(float)
         h.finish = finish.reindex(h.rows).to_numpy(float)
     return jobs.drop(columns="hop_id"), result
-def _station_node(scenario, resource, params, here, draws, reference):
+def _station_node(scenario, resource, params, here, draws, reference) -> dict:
     """Every hop placed on one shared resource, simulated together (clients contend); fills each
-    hop's start and finish. Rows whose ready time is NaN (an unfinished earlier hop) do not come."""
+    hop's start and finish and returns the resource's usage. Rows whose ready time is NaN (an
+    unfinished earlier hop) do not come."""
     live = [np.isfinite(h.ready) for h in here]
     release = np.concatenate([h.ready[m] for h, m in zip(here, live)])
     stages = {h.template.stage for h in here}
@@ -252,6 +256,13 @@ def _station_node(scenario, resource, params, here, draws, reference):
         h.start, h.finish = np.full(len(h.rows), np.nan), np.full(len(h.rows), np.nan)
         h.start[m], h.finish[m] = start[offset:offset + k], finish[offset:offset + k]
         offset += k
+    horizon = scenario.simulation.horizon_s
+    if nbytes is not None:
+        bandwidth = float(transfer_bandwidth_latency(resource, params)[0])
+        moved = float(np.sum(np.where(start < horizon, nbytes, 0.0)) / bandwidth)
+        return pool_usage(resource, params, 1, 0.0, moved, horizon)
+    count = servers(resource, first, params)
+    return pool_usage(resource, params, count, batch_busy_seconds(start, finish, first.batch, horizon), 0.0, horizon)
 
 
 def _transfer_bytes(scenario, hop, draws) -> np.ndarray:

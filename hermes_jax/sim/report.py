@@ -26,6 +26,13 @@ def print_summary(results: Results) -> None:
         extra = f", MFU {e['mfu']:.1%}, MBU {e['mbu']:.1%}" if "mfu" in e else ""
         print(f"engine {name}: {e['replicas']} replica(s), busy {e['busy_fraction']:.1%}, mean batch {e['mean_batch']:.1f}, "
               f"KV used mean {e['mean_kv_used']:.1%} max {e['max_kv_used']:.1%}{extra}")
+    for name, u in s.get("resources", {}).items():
+        if u["kind"] != "engine":
+            print(f"{u['kind']} {name}: utilization {u['utilization']:.1%}")
+    if "energy" in s:
+        e = s["energy"]
+        print(f"energy {e['energy_j'] / 3.6e6:.3f} kWh, {e['j_per_token']:.3f} J/token; cost ${e['cost_usd']:.2f}, "
+              f"${e['usd_per_mtok']:.2f} per million tokens, {e['tokens_per_usd']:.0f} tokens/$")
     stages = results.extra.get("stages")
     if stages is not None:
         print(f"{'client':12s} {'stage':18s} {'resource':14s} {'wait ms':>10s} {'service ms':>11s}")

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import engine as engine_sim
+from .accounting import engine_usage, totals
 from .build import REJECT_REASONS, EngineGroup, build_group, device_requests, group_config, reject_reasons
 from .metrics import summarize
 from .scenario import Scenario
@@ -115,7 +116,10 @@ def simulate(scenario: Scenario, workload: Workload | None = None, progress: boo
     df = derived_columns(issued(df, scenario))
     ts = pd.concat(series, ignore_index=True) if series else pd.DataFrame()
     extra["capability"] = capability
-    return Results(df, ts, summarize(df, ts, scenario, capability), extra)
+    summary = summarize(df, ts, scenario, capability)
+    summary["resources"] = engine_usage(scenario, ts)
+    summary["energy"] = totals(summary["resources"], df.generated.sum())
+    return Results(df, ts, summary, extra)
 
 
 def fill_records(df: pd.DataFrame, rows: np.ndarray, state, reasons: np.ndarray, dt: float) -> None:
