@@ -205,3 +205,24 @@ pipeline = [{ stage = "embed", on = "cpu", model = "bge-base-en-v1.5" }, { stage
         load_scenario(path)
     assert message in str(info.value), str(info.value)
     assert str(path) in str(info.value)
+
+
+def test_heterogeneous_hardware_in_one_run():
+    """GPU prefill with decode on a memory-centric part, a TPU engine and a CPU-only engine, together;
+    each against the reference, and each bound by its own memory."""
+    from hermes_jax.hardware.catalog import get_hardware
+    path = SCENARIO.with_name("heterogeneous.toml")
+    scenario = load_scenario(path, ["simulation.horizon_s=15"])
+    fast, exact = simulate_pipeline(scenario), simulate_pipeline(scenario, reference=True)
+    a, b = fast.requests, exact.requests
+    assert (a.status == b.status).all() and set(a[a.status == "finished"].client) == {"interactive", "bulk", "local"}
+    for col in ("admit_s", "first_token_s", "finish_s"):
+        np.testing.assert_allclose(a[col], b[col], atol=1e-5, err_msg=col)
+    kinds = {e.name: get_hardware(e.hardware).spec.kind for e in scenario.engines}
+    assert kinds == {"prefill-gpu": "gpu", "decode-pim": "pim", "tpu": "asic", "cpu": "cpu"}
+    done = a[a.status == "finished"]
+    # a decode step reads every weight: at least weight bytes / memory bandwidth per token
+    for client, model, hardware in (("local", "phi-2", "xeon-6980p-cpu"), ("interactive", "llama-3.1-8b", "pim-hbm")):
+        floor = get_model(model).weight_bytes("bf16") / float(get_hardware(hardware).params.hbm_bandwidth)
+        assert (done[done.client == client].tpot_s > floor).all(), client
+    assert set(fast.summary["resources"]) == {"prefill-gpu", "decode-pim", "tpu", "cpu", "kv-net"}

@@ -108,8 +108,9 @@ class VectorSearch(Stage):
     - graph (``hnsw``; DiskANN/Vamana alike): degree x (ef + ``descent`` x log2 vectors) distance
       evaluations, each a random vector fetch (``visit_s``, DRAM latency amortized over the
       memory-level parallelism) plus dim x ``bytes_per_dim`` bytes streamed and 2 dim FLOP;
-    - ``ivf``: the nlist float32 centroids, then nprobe lists of vectors / nlist codes of
-      dim x ``bytes_per_dim`` bytes, ``code_s`` per code (decode, heap) and 2 dim FLOP per vector;
+    - ``ivf``: the nlist float32 centroids (read once per batch of queries), then nprobe lists of
+      vectors / nlist codes of dim x ``bytes_per_dim`` bytes, ``code_s`` per code (decode, heap)
+      and 2 dim FLOP per vector;
     - ``flat``: every code, as one IVF list.
     Recall@k: logit(recall) = a + b ln(knob), knob ef (graph) or nprobe (ivf), flat exact.
     ``visit_s``, ``descent``, ``code_s``, ``core_stream_bandwidth`` and the recall curves are
@@ -134,23 +135,32 @@ class VectorSearch(Stage):
     code_s: float = FIT["ivf"]["code_s"]
     core_stream_bandwidth: float = FIT["ivf"]["core_stream_bandwidth"]
 
-    def query_seconds(self, params):
-        """Seconds of one query on ``threads`` cores (differentiable in the CPU parameters)."""
+    def _seconds(self, params):
+        """(shared, per query) seconds on ``threads`` cores: a batch of IVF queries scans the
+        centroids once (the coarse quantizer is one GEMM over the batch), everything else is per
+        query."""
         bandwidth = jnp.minimum(self.core_stream_bandwidth, params.cpu_dram_bandwidth / params.cpu_cores)
         code_bytes = self.dim * self.bytes_per_dim
+        shared = 0.0
         if self.index == "hnsw":
             n = self.degree * (self.ef + self.descent * math.log2(max(self.vectors, 2.0)))
             one = n * (self.visit_s + code_bytes / bandwidth + 2.0 * self.dim / params.cpu_core_flops)
         else:
             lists, codes = (self.nlist, self.nprobe * self.vectors / self.nlist) if self.index == "ivf" \
                 else (0, self.vectors)
-            one = ((lists * self.dim * 4.0 + codes * code_bytes) / bandwidth + codes * self.code_s
-                   + 2.0 * self.dim * (lists + codes) / params.cpu_core_flops)
-        return one / self.threads
+            shared = lists * self.dim * 4.0 / bandwidth
+            one = codes * code_bytes / bandwidth + codes * self.code_s + 2.0 * self.dim * (lists + codes) / params.cpu_core_flops
+        return shared / self.threads, one / self.threads
+
+    def query_seconds(self, params):
+        """Seconds of one query alone on ``threads`` cores (differentiable in the CPU parameters)."""
+        shared, one = self._seconds(params)
+        return shared + one
 
     def batch_seconds(self, resource, params):
+        shared, one = self._seconds(params)
         k = jnp.arange(1, self.batch + 1, dtype=params.log["cpu_core_flops"].dtype)
-        return self.query_seconds(params) * k
+        return shared + one * k
 
     def recall(self) -> float:
         """Recall@k (fitted curve, clipped to [0, 1])."""
