@@ -226,3 +226,18 @@ def test_heterogeneous_hardware_in_one_run():
         floor = get_model(model).weight_bytes("bf16") / float(get_hardware(hardware).params.hbm_bandwidth)
         assert (done[done.client == client].tpot_s > floor).all(), client
     assert set(fast.summary["resources"]) == {"prefill-gpu", "decode-pim", "tpu", "cpu", "kv-net"}
+
+
+def test_servegen_reasoning_lengths_match_the_published_statistics():
+    """calibration/servegen_thinking.py's shipped samples against the data's own README: mean
+    output 1,527 tokens, mean reason ratio 0.70 (about 1,070 thinking tokens per request)."""
+    from hermes_jax.sim.workload import read_lengths
+    data = SCENARIO.parent / "data"
+    thinking = read_lengths(str(data / "deepseek_r1_thinking.txt"))
+    answer = read_lengths(str(data / "deepseek_r1_answer.txt"))
+    assert len(thinking) == len(answer) == 20000
+    assert (thinking + answer).mean() == pytest.approx(1527, rel=0.05)
+    assert thinking.mean() == pytest.approx(1070, rel=0.10)
+    assert np.percentile(thinking, 99) > 10 * np.median(thinking)   # a long tail: the p99 request thinks 10x+
+    scenario = load_scenario(SCENARIO.with_name("reasoning_r1.toml"))   # the shipped scenario reads them
+    assert scenario.clients[0].pipeline[0].thinking.path.endswith("deepseek_r1_thinking.txt")

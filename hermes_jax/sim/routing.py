@@ -49,7 +49,7 @@ def route(cfg: GroupConfig, state: SimState, req: Requests, kv_capacity, s, firs
         is_due = (due >= 0) & (rec.arr_step[jnp.maximum(due, 0)] <= s)
         cand = jnp.concatenate([jnp.where(opened < last, opened, -1), jnp.where(is_due, due, -1)])
         when = jnp.where(cand >= 0, arrival_time(cfg, rec, jnp.maximum(cand, 0), s), jnp.inf)
-        order = cand[jnp.argsort(when)]
+        order = cand[jnp.lexsort((cand, when))]   # equal times: lower request index first, as the reference
         rec = rec._replace(pending=jnp.where(is_due, -1, rec.pending))
         carry = carry[:4] + (rec,)
         queue, queue_done, tail, routed, rec = jax.lax.fori_loop(
