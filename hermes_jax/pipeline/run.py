@@ -113,7 +113,7 @@ def simulate_pipeline(scenario: Scenario, workload: Workload | None = None, refe
     for node in resource_order(scenario):
         here = [h for h in hops if h.template.node == node]
         for h in here:
-            h.ready = _ready(h, hops, workload.arrival_s)
+            h.ready = _ready(h, workload.arrival_s)
         if node.startswith("engine:"):
             jobs = _engine_node(scenario, node[len("engine:"):], here, draws, reference, progress)
             job_frames.append(jobs[0])
@@ -129,7 +129,7 @@ def simulate_pipeline(scenario: Scenario, workload: Workload | None = None, refe
     summary = summarize(df, ts, scenario, capability)
     usage = {**engine_usage(scenario, ts), **usage}
     summary["resources"], summary["energy"] = usage, totals(usage, df.generated.sum())
-    extra = {"capability": capability, "stages": _stage_records(hops, jobs), "jobs": jobs,
+    extra = {"capability": capability, "stages": _stage_records(hops), "jobs": jobs,
              "deferred_steps": {k: v for r in engine_results.values() for k, v in r.extra.get("deferred_steps", {}).items()}}
     return Results(df, ts, summary, extra)
 
@@ -194,12 +194,13 @@ def _hops(scenario, workload, index, draws) -> list[_Hop]:
         if t.role in ("transfer", "decode"):
             take = more
         hops.append(_Hop(t, index, rows[take]))
-    for h in hops:   # templates index hops within the client; make them global
+    for h in hops:   # templates name earlier hops by index within the client; point at the hops themselves
         h.template = dataclasses.replace(h.template, after=tuple(hops[a] for a in h.template.after))
     return hops
 
 
-def _ready(hop: _Hop, hops, arrival) -> np.ndarray:
+def _ready(hop: _Hop, arrival) -> np.ndarray:
+    """s per row: the finish of the row's previous hop (one of ``after``), or its arrival."""
     if not hop.template.after:
         return arrival[hop.rows].astype(float)
     when = np.full(len(arrival), np.nan)
@@ -322,7 +323,7 @@ def _requests(scenario, workload, draws, hops, jobs) -> pd.DataFrame:
     return df
 
 
-def _stage_records(hops, jobs) -> pd.DataFrame:
+def _stage_records(hops) -> pd.DataFrame:
     """One row per request and hop: when it was ready, started and finished (s)."""
     frames = []
     for index, h in enumerate(hops):
