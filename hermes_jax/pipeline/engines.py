@@ -137,7 +137,7 @@ def replies(jobs: pd.DataFrame, n: int) -> pd.DataFrame:
     out["admit_s"] = first_attempt.groupby("request").admit_s.min()
     out["first_token_s"], out["finish_s"] = per.first_token_s, per.finish_s
     out.loc[per.index[per.unfinished], "finish_s"] = np.nan
-    out["tpot_s"] = np.where(per.steps > 0, per.span / np.maximum(per.steps, 1), 0.0)
+    out["tpot_s"] = pd.Series(np.where(per.steps > 0, per.span / np.maximum(per.steps, 1), 0.0), index=per.index)
     by = jobs.groupby("request")
     out["itl_max_s"] = reply.groupby("request").itl_max_s.max()
     out["generated"] = by.generated.sum()
