@@ -110,4 +110,5 @@ def figure(table: pd.DataFrame):
 
 
 if __name__ == "__main__":
-    case_study.main("kv_retrieval", "Case study (c): remote KV-cache retrieval", lambda: study(small=False), findings, figure)
+    case_study.main("kv_retrieval", "Case study (c): remote KV-cache retrieval",
+                    lambda: study(small=False), findings, figure)

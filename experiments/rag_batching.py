@@ -126,4 +126,5 @@ def figure(table: pd.DataFrame):
 
 
 if __name__ == "__main__":
-    case_study.main("rag_batching", "Case study (b): batching for a hybrid CPU (RAG) + GPU (LLM) pipeline", lambda: study(small=False), findings, figure)
+    case_study.main("rag_batching", "Case study (b): batching for a hybrid CPU (RAG) + GPU (LLM) pipeline",
+                    lambda: study(small=False), findings, figure)

@@ -107,4 +107,5 @@ def figure(table: pd.DataFrame):
 
 
 if __name__ == "__main__":
-    case_study.main("reasoning_impact", "Case study (a): reasoning-stage impact on end-to-end latency", lambda: study(small=False), findings, figure)
+    case_study.main("reasoning_impact", "Case study (a): reasoning-stage impact on end-to-end latency",
+                    lambda: study(small=False), findings, figure)
