@@ -4,6 +4,7 @@ table, figure and findings under experiments/results/<study>/."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -27,7 +28,6 @@ def run(data: dict):
 def table_for(study: str, compute) -> pd.DataFrame:
     """The study's table: computed anew, or with ``--replot`` read back from its last run's CSV
     (to redraw the figure and findings without simulating again)."""
-    import sys
     if "--replot" in sys.argv:
         return pd.read_csv(RESULTS / study / "table.csv")
     return compute()

@@ -19,6 +19,11 @@ from .models.operators import Parallelism
 KV_DTYPES = ("bf16", "fp16", "fp8", "int8", "fp32")
 
 
+def default_kv_dtype(weight_dtype: str) -> str:
+    """The KV cache's dtype when none is given: the weights' for 8/16-bit weights, bf16 otherwise."""
+    return weight_dtype if weight_dtype in KV_DTYPES else "bf16"
+
+
 @dataclass(frozen=True)
 class EngineSpec:
     model: ModelConfig
@@ -39,7 +44,7 @@ class EngineSpec:
         if self.weight_dtype not in DTYPE_BYTES:
             raise ConfigError(f"weight_dtype {self.weight_dtype!r} unknown; allowed: {', '.join(DTYPE_BYTES)}")
         if not self.kv_dtype:
-            object.__setattr__(self, "kv_dtype", self.weight_dtype if self.weight_dtype in KV_DTYPES else "bf16")
+            object.__setattr__(self, "kv_dtype", default_kv_dtype(self.weight_dtype))
         if self.kv_dtype not in KV_DTYPES:
             raise ConfigError(f"kv_dtype {self.kv_dtype!r} unknown; allowed: {', '.join(KV_DTYPES)}")
         if not self.compute_dtype:

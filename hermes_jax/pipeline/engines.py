@@ -27,8 +27,11 @@ from ..sim.workload import Workload
 
 
 def hop_jobs(hop, rows, ready, prompt, answer, cached, thinking, reasoning) -> pd.DataFrame:
-    """Jobs of one engine hop. ``thinking``: (rows, samples, rounds) tokens. ``ready`` NaN rows
-    (their previous hop never finished) submit nothing."""
+    """Jobs of one engine hop, one row each: request, sample, round (ints); arrival_s (s; inf for a
+    later round, sent when the previous one finishes); input_tokens, output_tokens, cached_tokens
+    (tokens); think_s (s, the tool wait before the next round); chain (-1, or the (request, sample)
+    whose rounds follow one another). ``thinking``: (rows, samples, rounds) tokens. Rows whose
+    ``ready`` is NaN (their previous hop never finished) submit nothing."""
     ok = np.isfinite(ready)
     rows, ready, thinking = rows[ok], ready[ok], thinking[ok]
     p, a, c = prompt[rows], answer[rows], cached[rows]
@@ -53,8 +56,7 @@ def hop_jobs(hop, rows, ready, prompt, answer, cached, thinking, reasoning) -> p
             inputs = inputs + out + tool_tokens
     jobs = pd.concat(frames, ignore_index=True)
     if rounds > 1:   # one closed-loop "user" per (request, sample); rounds follow one another
-        key = jobs.request.to_numpy() * samples + jobs["sample"].to_numpy()
-        jobs["chain"] = key
+        jobs["chain"] = jobs.request.to_numpy() * samples + jobs["sample"].to_numpy()
     return jobs
 
 

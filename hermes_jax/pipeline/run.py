@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ..engine import KV_DTYPES
+from ..engine import default_kv_dtype
 from ..errors import ConfigError
 from ..hardware.catalog import default_catalog, get_hardware
 from ..models.config import get_model
@@ -268,16 +268,14 @@ def _station_node(scenario, resource, params, here, draws, reference) -> dict:
 
 def _transfer_bytes(scenario, hop, draws) -> np.ndarray:
     """Bytes a tier or link hop moves per row: a fetched prefix, or a disaggregated prompt's KV."""
-    per_token = {name: get_model(scenario.engine(name).model).kv_bytes_per_token(_kv_dtype(scenario.engine(name)))
-                 for name in set(draws.engine[hop.rows])}
-    per_token = np.array([per_token[name] for name in draws.engine[hop.rows]], float)
+    def kv_bytes(name):   # the serving engine's model and KV dtype
+        engine = scenario.engine(name)
+        return get_model(engine.model).kv_bytes_per_token(engine.kv_dtype or default_kv_dtype(engine.dtype))
+    per_engine = {name: kv_bytes(name) for name in set(draws.engine[hop.rows])}
+    per_token = np.array([per_engine[name] for name in draws.engine[hop.rows]], float)
     if hop.template.role == "transfer":
         return draws.prompt[hop.rows] * per_token
     return draws.cached[hop.rows] * per_token / hop.template.stage.compression
-
-
-def _kv_dtype(engine) -> str:
-    return engine.kv_dtype or (engine.dtype if engine.dtype in KV_DTYPES else "bf16")   # EngineSpec's default
 
 
 def _requests(scenario, workload, draws, hops, jobs) -> pd.DataFrame:
@@ -292,7 +290,7 @@ def _requests(scenario, workload, draws, hops, jobs) -> pd.DataFrame:
                 engine_arrival[h.rows] = h.ready
             engine_name[h.rows] = h.template.engine
         if h.template.role == "decode":
-            engine_name[h.rows] = f"{engine_name[h.rows][0]}>{h.template.engine}" if len(h.rows) else ""
+            engine_name[h.rows] = f"{h.template.stage.prefill_engine}>{h.template.engine}"
     thinking = np.zeros(n, np.int64)
     for index, t in draws.thinking.items():
         rows = np.flatnonzero(workload.client == workload.client_names.index(clients[index].name))
