@@ -49,7 +49,7 @@ class ModelConfig:
     encoder: bool = False         # bidirectional encoder: no KV cache, no decode, no LM head
     sliding_window: int = 0       # tokens of context each layer attends to; 0 = full
     tie_embeddings: bool = False
-    parallel_block: bool = False  # attention and MLP read one norm's output; one 3-way residual add per layer
+    parallel_block: bool = False  # attention and MLP read one norm's output; x + attn + mlp once per layer
     # Mixture of experts (0 experts = dense)
     experts: int = 0
     top_k: int = 0

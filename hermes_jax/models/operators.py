@@ -120,9 +120,10 @@ def operator_costs(model: ModelConfig, par: Parallelism, weight_dtype: str, kv_d
     costs["embedding"] = (0.0 * T, T * d * (wb + ab))
     norm = (4.0 * T * d, 2.0 * T * d * ab + d * wb)
     costs["input_norm"] = costs["post_norm"] = costs["final_norm"] = norm
-    # x + f(x) reads two tensors and writes one; a parallel block adds attention and MLP outputs at once.
+    # x + f(x) reads two tensors and writes one. A parallel block's x + attn + mlp runs as two such
+    # binary adds in eager PyTorch (vLLM's and Vidur's phi code alike), one execution per layer.
     costs["residual_add"] = ((2.0 if model.parallel_block else 1.0) * T * d,
-                             (4.0 if model.parallel_block else 3.0) * T * d * ab)
+                             (6.0 if model.parallel_block else 3.0) * T * d * ab)
 
     if model.is_mla:
         qk, vd = model.qk_nope_dim + model.qk_rope_dim, model.v_head_dim
