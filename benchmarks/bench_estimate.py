@@ -43,8 +43,14 @@ def numpy_static_batch(engine, nat, batch, prompt, output):
             if op.kind == COLLECTIVE:
                 p = op.group_size
                 a, b = nat["intra_link_latency"], nat["intra_link_bandwidth"] * nat["intra_link_efficiency"]
-                t = 2 * (p - 1) * (a + nbytes / (p * b)) if op.collective == "allreduce" else a + nbytes / b
-                t += nat["collective_overhead_s"]
+
+                def alpha_beta(a, b):
+                    return 2 * (p - 1) * (a + nbytes / (p * b)) if op.collective == "allreduce" else a + nbytes / b
+
+                simple = alpha_beta(a, b) + nat["collective_overhead_s"]
+                low_latency = (alpha_beta(a * nat["collective_ll_latency_ratio"], b * nat["collective_ll_bandwidth_efficiency"])
+                               + nat["collective_ll_overhead_s"])
+                t = min(simple, low_latency)
             else:
                 elementwise = op.kind == ELEMENTWISE
                 pk = nat["peak_flops"][0] if elementwise else peak

@@ -2,11 +2,15 @@
 
     python calibration/data_checks.py        # a few seconds; run fit_kernels.py first
 
-Prints three checks, each a property of the measurements that no smooth cost model can follow:
+Prints three groups of checks, each a property of the measurements that no smooth cost model can follow:
 1. Splitwise A100: a static batch of equal prompts against the same prompts run one at a time;
+   and the prefill speed-up from TP 2 to 4 against TP 4 to 8 (held-out TP 4 is the anomaly);
 2. Vidur GEMMs: the share of rows slower by more than 10% than some larger token count of the same
-   operator (cuBLAS kernel switches), per part and model;
-3. Vidur NCCL all-reduce: the held-out (4-GPU) error of the shipped all-reduce fit by message size.
+   operator (cuBLAS kernel switches), per part and model; the held-out operator error by kernel
+   (phi-2's LayerNorm and GELU are kernels the Llama training models never run);
+3. Vidur NCCL all-reduce: straight lines through the small and the large messages of each group
+   (two protocols: a low floor and a steep slope, then a high intercept and the full bandwidth), and
+   the held-out (4-GPU) error of the shipped two-protocol fit by message size.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import pandas as pd  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import data  # noqa: E402
-from fit_kernels import allreduce_predict, uncalibrated  # noqa: E402
+from fit_kernels import TRAIN_MODELS, allreduce_predict, op_predict, uncalibrated  # noqa: E402
 
 from hermes_jax.hardware.catalog import DATA as CATALOG_DATA  # noqa: E402
 
@@ -46,6 +50,30 @@ def batch_against_singles() -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def tensor_parallel_speedups() -> pd.DataFrame:
+    """Prefill speed-up per doubling of TP. If per-device work falls as 1/p and communication per device
+    does not fall, t(p) = C/p + K(p) with K non-decreasing, and t(2)/t(4) >= t(4)/t(8) always
+    (for constant K the difference has the sign of C K). A row with 'violates' True breaks that."""
+    df = data.splitwise([])
+    df = df[df.token_size == 128]
+    out = []
+    for (hw, prompt, batch), g in df.groupby(["hardware", "prompt_size", "batch_size"]):
+        t = g.set_index("tensor_parallel").prompt_time
+        if {2, 4, 8} <= set(t.index) and prompt * batch >= 4096:
+            out.append({"hardware": hw, "prompt": prompt, "batch": batch, "tokens": prompt * batch,
+                        "TP2->4": t[2] / t[4], "TP4->8": t[4] / t[8], "violates": t[2] / t[4] < t[4] / t[8]})
+    return pd.DataFrame(out)
+
+
+def held_out_prefill_by_tokens() -> pd.DataFrame:
+    """MAPE of the shipped Splitwise fit on held-out TP 4, below and from 4096 tokens per prefill."""
+    p = pd.read_csv(HERE / "results" / "splitwise_predictions.csv")
+    p = p[p.tensor_parallel == 4]
+    err = np.abs(p.pred_prefill_ms / p.prompt_time - 1) * 100
+    band = np.where(p.prompt_size * p.batch_size >= 4096, ">= 4096 tokens", "< 4096 tokens")
+    return err.groupby([p.hardware, band]).agg(["size", "mean"]).rename(columns={"size": "rows", "mean": "MAPE %"})
+
+
 def gemm_kernel_switches() -> pd.DataFrame:
     df = data.vidur_mlp([])
     df = df[df.op.isin(GEMMS)]
@@ -57,14 +85,47 @@ def gemm_kernel_switches() -> pd.DataFrame:
     return out
 
 
-def allreduce_by_size() -> pd.DataFrame:
+def shipped_fit(hw_name: str, key: str):
+    """(Hardware, params) of the kernel-level fit ``key`` recorded in the calibrated overlay."""
     overlay = tomllib.loads((CATALOG_DATA / "calibrated.toml").read_text())
+    hw = uncalibrated(hw_name)
+    fitted = overlay[hw_name]["fits"][key]["values"]
+    return hw, type(hw.params)({**hw.params.log, **{k: jnp.log(jnp.asarray(v, float)) for k, v in fitted.items()}})
+
+
+def held_out_ops_by_kernel() -> pd.DataFrame:
+    """Held-out error of the shipped operator fit per model and kernel: MAPE and median signed error."""
+    df = data.vidur_mlp([])
+    out = []
+    for hw_name, rows in df[~df.model.isin(TRAIN_MODELS)].groupby("hardware"):
+        hw, params = shipped_fit(hw_name, "ops")
+        rows = rows.reset_index(drop=True)
+        signed = (np.asarray(op_predict(hw.spec, params, rows)) / rows.time_s.to_numpy() - 1) * 100
+        for (model, op), e in pd.Series(signed).groupby([rows.model, rows.op]):
+            out.append({"hardware": hw_name, "model": model, "op": op, "kind": "GEMM" if op in GEMMS else "elementwise",
+                        "MAPE %": np.abs(e).mean(), "median error %": e.median()})
+    return pd.DataFrame(out)
+
+
+def allreduce_two_lines() -> pd.DataFrame:
+    """Least-squares lines (intercept us, slope us/MB) through the kept rows of 0.3-4 MB and >= 16 MB."""
+    df = data.vidur_allreduce([])
+    out = []
+    for (hw, workers), g in df[df.monotone].groupby(["hardware", "workers"]):
+        row = {"hardware": hw, "GPUs": workers}
+        for label, lo, hi in (("0.3-4 MB", 0.3e6, 4e6), (">= 16 MB", 16e6, np.inf)):
+            part = g[(g.bytes >= lo) & (g.bytes < hi)]
+            slope, intercept = np.polyfit(part.bytes / 1e6, part.time_s * 1e6, 1)
+            row[f"{label} intercept us"], row[f"{label} us/MB"] = intercept, slope
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def allreduce_by_size() -> pd.DataFrame:
     df = data.vidur_allreduce([])
     out = []
     for hw_name, rows in df[df.workers == 4].groupby("hardware"):
-        hw = uncalibrated(hw_name)
-        fitted = overlay[hw_name]["fits"]["allreduce"]["values"]
-        params = type(hw.params)({**hw.params.log, **{k: jnp.log(jnp.asarray(v, float)) for k, v in fitted.items()}})
+        hw, params = shipped_fit(hw_name, "allreduce")
         rows = rows.reset_index(drop=True)
         err = np.abs(np.asarray(allreduce_predict(hw.spec, params, rows)) / rows.time_s.to_numpy() - 1) * 100
         band = pd.cut(rows.bytes, [0, 1e6, 4e6, 1e9], labels=["< 1 MB", "1-4 MB", ">= 4 MB"])
@@ -78,9 +139,21 @@ def main() -> None:
     pd.set_option("display.width", 160)
     print("1. Splitwise prefill of a batch of 512-token prompts against the same prompts one at a time\n")
     print(batch_against_singles().round(2).to_string(index=False))
+    print("\n   Prefill speed-up per doubling of TP at >= 4096 tokens (a cost model C/p + K(p) cannot make"
+          "\n   TP 4 -> 8 gain more than TP 2 -> 4)\n")
+    print(tensor_parallel_speedups().round(2).to_string(index=False))
+    print("\n   Held-out TP 4 prefill error of the shipped fit by tokens per prefill\n")
+    print(held_out_prefill_by_tokens().round(1).to_string())
     print("\n2. GEMM rows more than 10% slower than a larger token count of the same operator\n")
     print(gemm_kernel_switches().round(3).to_string())
-    print("\n3. Held-out 4-GPU all-reduce error of the shipped fit, by message size\n")
+    ops = held_out_ops_by_kernel()
+    print("\n   Held-out error of the shipped operator fit by kernel kind (mean of per-op MAPE) and, for phi-2, per op\n")
+    print(ops.groupby(["hardware", "model", "kind"])["MAPE %"].mean().unstack().round(1).to_string())
+    print()
+    print(ops[ops.model == "phi-2"].drop(columns="model").round(1).to_string(index=False))
+    print("\n3. NCCL all-reduce: lines through small and large messages (kept rows)\n")
+    print(allreduce_two_lines().round(1).to_string(index=False))
+    print("\n   Held-out 4-GPU all-reduce error of the shipped two-protocol fit, by message size\n")
     print(allreduce_by_size().round(1).to_string(index=False))
 
 

@@ -8,7 +8,9 @@ import pytest
 from hermes_jax import EngineSpec, Parallelism, get_hardware, get_model, iteration_cost
 from hermes_jax.hardware.params import ELEMENTWISE_KERNELS, FIELDS
 from hermes_jax.iteration import host_time, operators
-from hermes_jax.kernels.collectives import collective_time
+import jax
+
+from hermes_jax.kernels.collectives import collective_time, protocol_times
 
 
 def _op(engine, cost, name):
@@ -71,6 +73,58 @@ def test_collective_overhead_is_paid_once_per_call(h100):
     t0 = collective_time("allreduce", jnp.array([1e6, 64e6]), 8, zero, 8)
     np.testing.assert_allclose(t - t0, float(p.collective_overhead_s), rtol=1e-9)
     assert float(collective_time("allreduce", jnp.array(0.0), 8, p, 8)) == 0.0
+
+
+def _ring(nbytes, p, alpha, beta, overhead):
+    return 2 * (p - 1) * (alpha + nbytes / (p * beta)) + overhead
+
+
+def test_low_latency_protocol_wins_small_messages_and_bandwidth_protocol_large(h100):
+    """Hand-computed: LL at 5 us per call, a tenth of alpha per step and 40% of the bandwidth
+    against Simple at 40 us; the faster one is taken, and the crossover sits where they meet."""
+    p = h100.params.replace(collective_overhead_s=40e-6, collective_ll_overhead_s=5e-6,
+                            collective_ll_latency_ratio=0.1, collective_ll_bandwidth_efficiency=0.4)
+    alpha, beta = float(p.intra_link_latency), float(p.intra_link_bandwidth * p.intra_link_efficiency)
+    sizes = np.array([1e4, 1e6, 1e8])
+    simple = _ring(sizes, 4, alpha, beta, 40e-6)
+    ll = _ring(sizes, 4, 0.1 * alpha, 0.4 * beta, 5e-6)
+    got = np.asarray(collective_time("allreduce", jnp.asarray(sizes), 4, p, 8))
+    np.testing.assert_allclose(got, np.minimum(simple, ll), rtol=1e-9)
+    assert ll[0] < simple[0] and simple[-1] < ll[-1]  # each protocol wins somewhere
+    # crossover: (40 - 5) us + 6 * 0.9 alpha = 1.5 n (1/0.4 - 1) / beta
+    n_star = (35e-6 + 6 * 0.9 * alpha) * beta / (1.5 * 1.5)
+    below, above = protocol_times("allreduce", jnp.asarray([0.99 * n_star, 1.01 * n_star]), 4, p, 8)
+    assert float(above[0]) < float(below[0]) and float(below[1]) < float(above[1])
+
+
+def test_neutral_and_ideal_low_latency_protocol_leave_one_alpha_beta_line():
+    """Parts never measured keep a LL protocol that never wins (the single alpha-beta model); the
+    ideal roofline has no overheads and the two protocols coincide."""
+    for hw in (get_hardware("b200"), get_hardware("h100-sxm", ideal=True)):
+        p = hw.params
+        sizes = np.geomspace(1e3, 1e9, 13)
+        alpha, beta = float(p.intra_link_latency), float(p.intra_link_bandwidth * p.intra_link_efficiency)
+        got = np.asarray(collective_time("allreduce", jnp.asarray(sizes), 8, p, 8))
+        np.testing.assert_allclose(got, _ring(sizes, 8, alpha, beta, float(p.collective_overhead_s)), rtol=1e-9)
+
+
+def test_low_latency_protocol_gradients_match_finite_differences(h100):
+    p = h100.params.astype(jnp.float64).replace(collective_overhead_s=40e-6, collective_ll_overhead_s=5e-6,
+                                                 collective_ll_latency_ratio=0.1, collective_ll_bandwidth_efficiency=0.4)
+    sizes = jnp.asarray([3e4, 2e5, 5e7])
+
+    def total(q):
+        return collective_time("allreduce", sizes, 4, q, 8).sum()
+
+    grads = jax.grad(total)(p).log
+    for name in ("collective_overhead_s", "collective_ll_overhead_s", "collective_ll_latency_ratio",
+                 "collective_ll_bandwidth_efficiency", "intra_link_efficiency", "intra_link_latency"):
+        h = 1e-6
+        up = type(p)({**p.log, name: p.log[name] + h})
+        down = type(p)({**p.log, name: p.log[name] - h})
+        fd = (float(total(up)) - float(total(down))) / (2 * h)
+        assert float(grads[name]) == pytest.approx(fd, rel=1e-4), name
+        assert abs(fd) > 0, name  # each parameter matters on one of the sizes
 
 
 def test_host_time_terms(h100):

@@ -91,15 +91,22 @@ def test_anchored_gradient_tracks_finite_differences_across_load(rate):
     """Light, medium and heavy load (docs/gradients.md has the full table): the anchored estimator's
     d mean E2E / d ln bandwidth has the sign of central differences (step 0.02 in ln p, common random
     numbers) and is within the factor the table documents; the pathwise one is far off at light load."""
-    scenario = load_scenario(str(DEFAULT_SCENARIO), ["simulation.horizon_s=10", "simulation.dt_s=0.05",
-                                                     f"client.chat.arrival.rate_per_s={rate}"])
-    model = DifferentiableSim(scenario, estimator=Anchored())
-    f = jax.jit(lambda p: model.metrics(p)["e2e_mean_s"])
-    grad = float(jax.grad(f)(model.params).log[KEY])
-    # At heavy load the 10 s mean E2E jumps as batches and preemptions reshuffle: central differences
-    # at step 0.02 measured +15.6 at seed 0 and -6.4 at seed 1, so that case uses a wider step (0.1)
-    # that spans the jumps (measured -1.4 and -6.7).
-    h = 0.1 if rate >= 25 else 0.02
-    fd = (float(f(shifted(model.params, h))) - float(f(shifted(model.params, -h)))) / (2 * h)
+    # At heavy load the 10 s mean E2E jumps as batches and preemptions reshuffle: one seed's values at
+    # ln-shifts -0.2..0.2 are not monotone (seed 0: 6.82, 6.78, 6.66, 6.59, 6.79, 6.79, 6.63, 6.59, 6.26 s),
+    # and its central differences range from -0.97 (step 0.1) to +15.6 (step 0.02) with the catalog.
+    # There the reference is the least-squares slope over shifts up to 0.2, averaged over two seeds
+    # (the metric's derivative in the mean, as docs/gradients.md reports it); the bound is unchanged.
+    heavy = rate >= 25
+    grads, refs = [], []
+    for seed in ((0, 1) if heavy else (0,)):
+        scenario = load_scenario(str(DEFAULT_SCENARIO), ["simulation.horizon_s=10", "simulation.dt_s=0.05",
+                                                         f"client.chat.arrival.rate_per_s={rate}", f"simulation.seed={seed}"])
+        model = DifferentiableSim(scenario, estimator=Anchored())
+        f = jax.jit(lambda p: model.metrics(p)["e2e_mean_s"])
+        grads.append(float(jax.grad(f)(model.params).log[KEY]))
+        steps = np.array([-0.2, -0.1, -0.05, 0.05, 0.1, 0.2]) if heavy else np.array([-0.02, 0.02])
+        values = [float(f(shifted(model.params, h))) for h in steps]
+        refs.append(np.polyfit(steps, values, 1)[0])  # two points: the central difference
+    grad, fd = np.mean(grads), np.mean(refs)
     assert grad < 0 and fd < 0
-    assert 0.3 < grad / fd < 1.5, (rate, grad, fd)
+    assert 0.3 < grad / fd < 1.5, (rate, grads, refs)

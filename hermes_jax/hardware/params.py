@@ -59,7 +59,12 @@ FIELDS: dict[str, tuple[tuple[int, ...], str, str]] = {
     # links (per device, one direction)
     "intra_link_bandwidth": ((), "B/s", "intra-node link bandwidth per device per direction"),
     "intra_link_latency": ((), "s", "intra-node per-message latency (alpha)"),
-    "collective_overhead_s": ((), "s", "fixed time per collective call (launch and synchronisation)"),
+    "collective_overhead_s": ((), "s", "fixed time per collective call (launch and synchronisation), "
+                              "bandwidth protocol"),
+    "collective_ll_overhead_s": ((), "s", "fixed time per collective call in the low-latency protocol"),
+    "collective_ll_latency_ratio": ((), "1", "per-step latency of the low-latency protocol over the link's alpha"),
+    "collective_ll_bandwidth_efficiency": ((), "1", "share of the bandwidth protocol's bandwidth that the "
+                                           "low-latency protocol reaches"),
     "intra_link_efficiency": ((), "1", "share of intra-node link bandwidth reached by collectives"),
     "inter_link_bandwidth": ((), "B/s", "inter-node bandwidth per device per direction"),
     "inter_link_latency": ((), "s", "inter-node per-message latency (alpha)"),
@@ -79,8 +84,10 @@ FIELDS: dict[str, tuple[tuple[int, ...], str, str]] = {
 }
 
 EFFICIENCY_FIELDS = ("compute_efficiency", "attention_efficiency", "attention_causal_efficiency", "memory_efficiency",
-                     "elementwise_efficiency", "intra_link_efficiency", "inter_link_efficiency")
+                     "elementwise_efficiency", "intra_link_efficiency", "inter_link_efficiency",
+                     "collective_ll_latency_ratio", "collective_ll_bandwidth_efficiency")
 OVERHEAD_FIELDS = ("compute_half_flop", "attention_row_keys", "memory_half_bytes", "kernel_overhead_s", "collective_overhead_s",
+                   "collective_ll_overhead_s",
                    "host_overhead_s", "host_overhead_per_seq_s", "host_overhead_multiworker_s",
                    "host_overhead_per_vocab_s", "host_overhead_per_logit_s")
 

@@ -7,8 +7,15 @@ Link parameters: alpha = per-step latency (s), beta = effective bandwidth per de
 - all-to-all:       (p-1) (alpha + n / (p beta))
 - send/recv:        alpha + n / beta
 A group larger than a node runs at the inter-node link's parameters (the slowest hop bounds it).
-Every call adds ``collective_overhead_s`` (kernel launch and the synchronisation of the group), which
-sets the ~20-60 us floor NCCL shows for small messages.
+
+Two protocols, as in NCCL's own tuning model, and each call takes the faster (NCCL picks the protocol
+by its predicted time): the bandwidth protocol (NCCL "Simple") pays ``collective_overhead_s`` per call
+and reaches the link's effective bandwidth; the low-latency one (NCCL "LL": data and flag in one
+store, no separate synchronisation) pays ``collective_ll_overhead_s`` per call and
+``collective_ll_latency_ratio`` x alpha per step, at ``collective_ll_bandwidth_efficiency`` of that
+bandwidth. In the Vidur NCCL profiles (A100, 4 GPUs) time rises from a ~20 us floor at a steeper
+slope below a few MB than above, where the line's intercept is ~60 us: one alpha-beta line cannot
+follow both (``python calibration/data_checks.py`` prints the two lines).
 """
 
 from __future__ import annotations
@@ -53,15 +60,28 @@ def sendrecv_time(nbytes, alpha, beta):
     return alpha + nbytes / beta
 
 
-def collective_time(kind: str, nbytes, p: int, hw: HardwareParams, devices_per_node: int, algorithm: str = "ring"):
-    """Seconds for one collective of ``kind`` (allreduce | alltoall | sendrecv); 0 for no data."""
-    alpha, beta = link(hw, p, devices_per_node)
+def _alpha_beta_time(kind: str, nbytes, p: int, alpha, beta, algorithm: str):
     if kind == "allreduce":
-        t = allreduce_time(nbytes, p, alpha, beta, algorithm)
-    elif kind == "alltoall":
-        t = alltoall_time(nbytes, p, alpha, beta)
-    elif kind == "sendrecv":
-        t = sendrecv_time(nbytes, alpha, beta)
-    else:
-        raise ValueError(f"unknown collective {kind!r}")
-    return jnp.where(nbytes > 0, t + hw.collective_overhead_s, 0.0)
+        return allreduce_time(nbytes, p, alpha, beta, algorithm)
+    if kind == "alltoall":
+        return alltoall_time(nbytes, p, alpha, beta)
+    if kind == "sendrecv":
+        return sendrecv_time(nbytes, alpha, beta)
+    raise ValueError(f"unknown collective {kind!r}")
+
+
+def protocol_times(kind: str, nbytes, p: int, hw: HardwareParams, devices_per_node: int, algorithm: str = "ring"):
+    """(bandwidth protocol, low-latency protocol) seconds of one collective, overheads included."""
+    alpha, beta = link(hw, p, devices_per_node)
+    simple = _alpha_beta_time(kind, nbytes, p, alpha, beta, algorithm) + hw.collective_overhead_s
+    low_latency = (_alpha_beta_time(kind, nbytes, p, alpha * hw.collective_ll_latency_ratio,
+                                    beta * hw.collective_ll_bandwidth_efficiency, algorithm)
+                   + hw.collective_ll_overhead_s)
+    return simple, low_latency
+
+
+def collective_time(kind: str, nbytes, p: int, hw: HardwareParams, devices_per_node: int, algorithm: str = "ring"):
+    """Seconds for one collective of ``kind`` (allreduce | alltoall | sendrecv) under the faster
+    protocol; 0 for no data."""
+    simple, low_latency = protocol_times(kind, nbytes, p, hw, devices_per_node, algorithm)
+    return jnp.where(nbytes > 0, jnp.minimum(simple, low_latency), 0.0)
