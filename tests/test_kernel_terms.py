@@ -1,15 +1,14 @@
 """The measured-kernel terms the calibration found: per-class elementwise efficiency, causal-mask
 skipping, parallel blocks, collective launch cost and the host-time breakdown."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hermes_jax import EngineSpec, Parallelism, get_hardware, get_model, iteration_cost
+from hermes_jax import EngineSpec, Parallelism, get_hardware, get_model, iteration_cost, static_batch
 from hermes_jax.hardware.params import ELEMENTWISE_KERNELS, FIELDS
 from hermes_jax.iteration import host_time, operators
-import jax
-
 from hermes_jax.kernels.collectives import collective_time, protocol_times
 
 
@@ -136,3 +135,13 @@ def test_host_time_terms(h100):
     expected = (152064 - 32000) * (p.host_overhead_per_vocab_s + 8 * p.host_overhead_per_logit_s)
     assert float(big_vocab - one) == pytest.approx(float(expected))
     assert float(host_time(p, 0.0, 0.0, 32000, 8)) == 0.0  # an idle engine costs nothing
+
+
+@pytest.mark.parametrize("prompt,batch", [(512, 16), (8192, 1), (512, 1)])
+def test_tensor_parallel_prefill_has_diminishing_returns(prompt, batch):
+    """The cost model is C/p + K(p) with K non-decreasing, so doubling TP from 4 to 8 never gains more
+    than from 2 to 4 (README: the A100 Splitwise rows that break this are the held-out prefill miss)."""
+    hw = get_hardware("a100-80gb")
+    t = {tp: float(static_batch(EngineSpec(get_model("llama-2-70b"), hw.spec, Parallelism(tp=tp)), hw.params,
+                                float(batch), float(prompt), 2.0).prefill_s) for tp in (2, 4, 8)}
+    assert t[2] / t[4] >= t[4] / t[8] > 1.0
