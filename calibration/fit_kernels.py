@@ -13,7 +13,8 @@ on a training split and scored on a held-out split that differs in configuration
 "Before" uses datasheet peaks with the generic default efficiencies (hardware.catalog.GENERIC_PRIOR).
 Loss: pseudo-Huber on the log ratio (robust_loss); Adam (optax) on the log parameters, then an L-BFGS polish.
 ``--delta X --dry-run`` refits with another loss scale and only prints the table; ``--jitter 1e-6
---dry-run`` refits from every starting value times e^1e-6 (the table should not move).
+--dry-run`` refits from every starting value times e^1e-6 (the table should not move); ``--prior W
+--dry-run`` adds a log-space prior at the generic values.
 The Splitwise fit (serving level) becomes the catalog default for a100-80gb and h100-sxm; the other
 fits are recorded beside it with their provenance.
 """
@@ -46,6 +47,8 @@ RESULTS = HERE / "results"
 STEPS, LEARNING_RATE, POLISH_STEPS = 1500, 0.03, 300
 HUBER_DELTA = 0.05
 JITTER = 0.0
+PRIOR_WEIGHT = 0.0
+"""``--prior W``: weight per parameter and squared e-fold from its start; 0 = none (the shipped fit)."""
 """Scale of the loss's quadratic core: 5%, about the spread of repeated measurements of one point."""
 
 
@@ -63,10 +66,16 @@ def fit(loss, params, names: list[str]):
     The start is the given logs plus ``JITTER`` (``--jitter``: does the result depend on the start?)."""
     theta = {n: params.log[n] + JITTER for n in names}
 
+    start = dict(theta)
+
     def objective(theta):
         # Efficiencies above 1 would mean the datasheet understates the part: keep them at or below 1.
         penalty = sum(jnp.sum(jnp.maximum(theta[n], 0.0) ** 2) for n in names if n.endswith("efficiency"))
-        return loss(with_logs(params, theta)) + 10.0 * penalty
+        value = loss(with_logs(params, theta)) + 10.0 * penalty
+        if PRIOR_WEIGHT:  # --prior: a Gaussian prior in log space at the starting (generic) values
+            value = value + PRIOR_WEIGHT * sum(
+                jnp.sum(jnp.where(jnp.isfinite(start[n]), theta[n] - start[n], 0.0) ** 2) for n in names)
+        return value
 
     optimizer = optax.adam(LEARNING_RATE)
     state = optimizer.init(theta)
@@ -355,17 +364,18 @@ def markdown(table: pd.DataFrame) -> str:
 
 def main(argv=None) -> None:
     import argparse
-    global HUBER_DELTA, JITTER
+    global HUBER_DELTA, JITTER, PRIOR_WEIGHT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--delta", type=float, default=HUBER_DELTA, help="loss scale (relative error)")
     parser.add_argument("--jitter", type=float, default=0.0, help="shift of the starting logs (relative change of the values)")
+    parser.add_argument("--prior", type=float, default=0.0, help="weight of a log-space prior at the start")
     parser.add_argument("--dry-run", action="store_true", help="print the table; write nothing")
     args = parser.parse_args(argv)
     if not args.delta > 0:
         parser.error(f"--delta must be > 0, got {args.delta}")
-    HUBER_DELTA, JITTER = args.delta, args.jitter
-    if JITTER and not args.dry_run:
-        parser.error("--jitter is a check: use it with --dry-run")
+    HUBER_DELTA, JITTER, PRIOR_WEIGHT = args.delta, args.jitter, args.prior
+    if (JITTER or PRIOR_WEIGHT) and not args.dry_run:
+        parser.error("--jitter and --prior are checks: use them with --dry-run")
     RESULTS.mkdir(exist_ok=True)
     notes: list[str] = []
     table: list[dict] = []
