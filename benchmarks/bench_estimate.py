@@ -26,6 +26,18 @@ from hermes_jax.models.operators import ATTENTION, COLLECTIVE, ELEMENTWISE, oper
 GRID = 10_000
 
 
+def numpy_collective(kind, nbytes, p, nat):
+    """Ring all-reduce or send/recv on the intra-node link, the faster of the two protocols."""
+    def alpha_beta(a, b):
+        return 2 * (p - 1) * (a + nbytes / (p * b)) if kind == "allreduce" else a + nbytes / b
+
+    a, b = nat["intra_link_latency"], nat["intra_link_bandwidth"] * nat["intra_link_efficiency"]
+    simple = alpha_beta(a, b) + nat["collective_overhead_s"]
+    low_latency = (alpha_beta(a * nat["collective_ll_latency_ratio"], b * nat["collective_ll_bandwidth_efficiency"])
+                   + nat["collective_ll_overhead_s"])
+    return min(simple, low_latency)
+
+
 def numpy_static_batch(engine, nat, batch, prompt, output):
     """NumPy baseline: same formulas, one configuration, decode steps summed in a Python loop."""
     ops = operators(engine)
@@ -41,16 +53,7 @@ def numpy_static_batch(engine, nat, batch, prompt, output):
                 flop += (1.0 - nat["attention_causal_efficiency"]) * float(c["_attention_masked_flop"][0])
                 flop += nat["attention_row_keys"] * float(c["_attention_row_flop"][0])
             if op.kind == COLLECTIVE:
-                p = op.group_size
-                a, b = nat["intra_link_latency"], nat["intra_link_bandwidth"] * nat["intra_link_efficiency"]
-
-                def alpha_beta(a, b):
-                    return 2 * (p - 1) * (a + nbytes / (p * b)) if op.collective == "allreduce" else a + nbytes / b
-
-                simple = alpha_beta(a, b) + nat["collective_overhead_s"]
-                low_latency = (alpha_beta(a * nat["collective_ll_latency_ratio"], b * nat["collective_ll_bandwidth_efficiency"])
-                               + nat["collective_ll_overhead_s"])
-                t = min(simple, low_latency)
+                t = numpy_collective(op.collective, nbytes, op.group_size, nat)
             else:
                 elementwise = op.kind == ELEMENTWISE
                 pk = nat["peak_flops"][0] if elementwise else peak

@@ -46,10 +46,11 @@ from hermes_jax.iteration import host_time, operators  # noqa: E402
 RESULTS = HERE / "results"
 STEPS, LEARNING_RATE, POLISH_STEPS = 1500, 0.03, 300
 HUBER_DELTA = 0.05
+"""Scale of the loss's quadratic core: 5%, about the spread of repeated measurements of one point."""
 JITTER = 0.0
+"""``--jitter X``: shift of every starting log value (a check that the fit does not depend on its start)."""
 PRIOR_WEIGHT = 0.0
 """``--prior W``: weight per parameter and squared e-fold from its start; 0 = none (the shipped fit)."""
-"""Scale of the loss's quadratic core: 5%, about the spread of repeated measurements of one point."""
 
 
 def uncalibrated(name: str):
@@ -65,7 +66,6 @@ def fit(loss, params, names: list[str]):
     """Minimise ``loss(params)`` over the log values of ``names``; returns the fitted params.
     The start is the given logs plus ``JITTER`` (``--jitter``: does the result depend on the start?)."""
     theta = {n: params.log[n] + JITTER for n in names}
-
     start = dict(theta)
 
     def objective(theta):

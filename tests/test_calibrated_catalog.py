@@ -5,13 +5,17 @@ recorded NCCL all-reduce fit on the held-out 4-GPU group."""
 import sys
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "calibration"))
 import data  # noqa: E402
+from data_checks import shipped_fit  # noqa: E402
+from fit_kernels import allreduce_predict  # noqa: E402
 
 from hermes_jax import EngineSpec, Parallelism, get_hardware, get_model, static_batch  # noqa: E402
+from hermes_jax.kernels.collectives import protocol_times  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not data.SPLITWISE.exists(),
                                 reason=f"measured data not found at {data.SPLITWISE} (shared/data beside the checkout)")
@@ -42,12 +46,6 @@ def test_catalog_defaults_predict_held_out_splitwise(hardware):
 def test_recorded_allreduce_fit_predicts_the_held_out_group(hardware):
     """Two-protocol NCCL model with the overlay's [NAME.fits.allreduce] values on the 4-GPU rows it never
     saw (README table: 8.1% A100, 7.0% H100); small messages take the low-latency protocol."""
-    import jax.numpy as jnp
-    from data_checks import shipped_fit
-    from fit_kernels import allreduce_predict
-
-    from hermes_jax.kernels.collectives import protocol_times
-
     rows = data.vidur_allreduce([])
     rows = rows[(rows.hardware == hardware) & (rows.workers == 4) & rows.monotone].reset_index(drop=True)
     hw, params = shipped_fit(hardware, "allreduce")

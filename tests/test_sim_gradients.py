@@ -93,7 +93,8 @@ def test_anchored_gradient_tracks_finite_differences_across_load(rate):
     numbers) and is within the factor the table documents; the pathwise one is far off at light load."""
     # At heavy load the 10 s mean E2E jumps as batches and preemptions reshuffle: one seed's values at
     # ln-shifts -0.2..0.2 are not monotone (seed 0: 6.82, 6.78, 6.66, 6.59, 6.79, 6.79, 6.63, 6.59, 6.26 s),
-    # and its central differences range from -0.97 (step 0.1) to +15.6 (step 0.02) with the catalog.
+    # and its central difference at step 0.1 is -0.97 against a gradient of -2.13 (on the previous
+    # catalog, step 0.02 gave +15.6 at seed 0 and -6.4 at seed 1).
     # There the reference is the least-squares slope over shifts up to 0.2, averaged over two seeds
     # (the metric's derivative in the mean, as docs/gradients.md reports it); the bound is unchanged.
     heavy = rate >= 25

@@ -83,6 +83,7 @@ FIELDS: dict[str, tuple[tuple[int, ...], str, str]] = {
     "price_per_hour": ((), "$/h", "rental price per device-hour"),
 }
 
+# Fields set to 1 by the ideal roofline (the LL latency ratio too: ideal LL and Simple coincide).
 EFFICIENCY_FIELDS = ("compute_efficiency", "attention_efficiency", "attention_causal_efficiency", "memory_efficiency",
                      "elementwise_efficiency", "intra_link_efficiency", "inter_link_efficiency",
                      "collective_ll_latency_ratio", "collective_ll_bandwidth_efficiency")
