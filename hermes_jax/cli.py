@@ -54,8 +54,13 @@ def _estimate_rows(args) -> list[dict]:
         defined = catalog.load_user_file(args.hardware_file)
         if not args.hardware and len(defined) == 1:
             args.hardware = defined[0]
+    if args.stack_file:
+        from .stacks import load_stack_file
+        defined = load_stack_file(args.stack_file)
+        if not args.stack and len(defined) == 1:
+            args.stack = defined[0]
     model = load_hf_config(args.model_config) if args.model_config else get_model(args.model)
-    hardware = get_hardware(args.hardware, ideal=args.ideal, catalog=catalog)
+    hardware = get_hardware(args.hardware, ideal=args.ideal, catalog=catalog, stack=args.stack)
     rows = []
     for tp, batch, prompt, output in itertools.product(args.tp, args.batch, args.prompt, args.output):
         engine = EngineSpec(model, hardware.spec, Parallelism(tp=tp, pp=args.pp, ep=args.ep),
@@ -71,6 +76,7 @@ def _estimate_rows(args) -> list[dict]:
             "model": model.name, "hardware": hardware.spec.name, "tp": tp, "pp": args.pp, "ep": args.ep,
             "batch": batch, "prompt": prompt, "output": output, "dtype": engine.weight_dtype,
             "kv_dtype": engine.kv_dtype, "ideal": bool(args.ideal), "calibrated": hardware.spec.calibrated,
+            "stack": hardware.spec.stack,
             "efficiency_source": hardware.spec.provenance,
             "prefill_s": float(est.prefill_s), "decode_step_s": float(est.decode_step_s),
             "tpot_s": float(est.tpot_s), "e2e_s": float(est.e2e_s),
@@ -87,7 +93,7 @@ def _estimate_rows(args) -> list[dict]:
 def _print_table(rows: list[dict]) -> None:
     gb = 1e9
     for row in rows:
-        cal = "calibrated" if row["calibrated"] else row["efficiency_source"]
+        cal = row["efficiency_source"] if row["stack"] or not row["calibrated"] else "calibrated"
         print(f"{row['model']} on {row['hardware']} tp={row['tp']} pp={row['pp']}  batch={row['batch']} "
               f"prompt={row['prompt']} output={row['output']}  [{row['dtype']}; {cal}]")
         print(f"  prefill      {row['prefill_s'] * 1e3:10.2f} ms")
@@ -126,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--output", type=_int_list, default=[256], help="output tokens per request, comma list")
     est.add_argument("--dtype", default="bf16", choices=sorted(DTYPE_BYTES), help="weight dtype")
     est.add_argument("--kv-dtype", default=None, help="KV-cache dtype (default: from --dtype)")
+    est.add_argument("--stack", default=None, help="serving stack whose fitted efficiencies and overheads apply "
+                     "(vllm, trt-llm, deepspeed-mii, splitwise-2023, sarathi-2024; default: the catalog's values)")
+    est.add_argument("--stack-file", metavar="PATH", help="TOML defining your own stack(s) (schema: "
+                     "hermes_jax/stacks/data/stacks.toml)")
     est.add_argument("--ideal", action="store_true", help="pure datasheet roofline: efficiency 1, no overheads")
     est.add_argument("--smooth", action="store_true", help="smooth max in the roofline (for gradients)")
     est.add_argument("--json", action="store_true", help="one JSON object per grid point, one per line")

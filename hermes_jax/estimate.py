@@ -126,14 +126,22 @@ class MemoryFootprint:
         return max(self.required - self.capacity, 0.0)
 
 
+def activation_bytes(engine: EngineSpec, tokens, sequences) -> float:
+    """Peak activation bytes per device of a forward pass over ``tokens`` tokens in ``sequences``
+    sequences: one layer's working set (residual, normed input, widest projection output) plus the
+    fp32 logits of each sequence's last token."""
+    m, par = engine.model, engine.parallel
+    ab = 4.0 if engine.act_dtype == "fp32" else 2.0
+    width = max(m.hidden, (2 if m.gated_mlp else 1) * max(m.ffn, m.expert_ffn * m.top_k) / par.tp,
+                (m.heads + 2 * m.kv_heads) * m.head_dim / par.tp)
+    return tokens * (2 * m.hidden + width) * ab + sequences * m.vocab / par.tp * 4.0
+
+
 def memory_footprint(engine: EngineSpec, hw: HardwareParams, batch: int, prompt: int, output: int) -> MemoryFootprint:
     m, par = engine.model, engine.parallel
     kv_dev = kv_bytes_per_token_per_device(m, par, engine.kv_dtype)
     tokens = batch * m.kv_tokens(prompt + output)
-    ab = 4.0 if engine.act_dtype == "fp32" else 2.0
-    width = max(m.hidden, (2 if m.gated_mlp else 1) * max(m.ffn, m.expert_ffn * m.top_k) / par.tp,
-                (m.heads + 2 * m.kv_heads) * m.head_dim / par.tp)
-    activations = batch * prompt * (2 * m.hidden + width) * ab + batch * m.vocab / par.tp * 4.0
+    activations = activation_bytes(engine, batch * prompt, batch)
     return MemoryFootprint(
         weights=weight_bytes_per_device(m, par, engine.weight_dtype),
         kv_per_token=m.kv_bytes_per_token(engine.kv_dtype), kv_per_token_device=kv_dev,

@@ -68,6 +68,7 @@ class SystemSpec:
     tiers: tuple[str, ...]         # catalog tier names, TIERS order
     calibrated: bool = False
     provenance: str = ""
+    stack: str = ""                # serving stack whose efficiencies and overheads apply ("" = catalog values)
 
 
 @dataclass(frozen=True)
@@ -210,11 +211,13 @@ def _efficiency(catalog: Catalog, name: str, entry: dict) -> tuple[dict, bool, s
 
 
 def get_hardware(name: str, *, ideal: bool = False, catalog: Catalog | None = None, dtype=None,
-                 **overrides) -> Hardware:
+                 stack=None, **overrides) -> Hardware:
     """Compose a device entry with its links, CPU and tiers into a ``Hardware``.
 
-    ``ideal=True`` gives the datasheet roofline: efficiencies 1 and overheads 0. ``overrides`` set
-    any ``HardwareParams`` field in natural units.
+    ``stack`` (a name or ``stacks.StackProfile``) applies what that serving stack reaches on the
+    device over the catalog's values (lookup and fallback: ``stacks.profile``). ``ideal=True`` gives
+    the datasheet roofline: efficiencies 1 and overheads 0. ``overrides`` set any ``HardwareParams``
+    field in natural units.
     """
     catalog = catalog or default_catalog()
     device = catalog.get("device", name)
@@ -225,6 +228,13 @@ def get_hardware(name: str, *, ideal: bool = False, catalog: Catalog | None = No
     cpu = catalog.get("cpu", device["host_cpu"], ctx)
     tiers = [catalog.get("tier", device["tiers"][t], ctx) for t in TIERS]
     efficiency, calibrated, provenance = _efficiency(catalog, name, device)
+    stack_name = ""
+    if stack is not None:
+        from ..stacks import get_stack  # stacks read this catalog's overlay: import here, not at the top
+        profile = get_stack(stack)
+        stack_values, provenance, calibrated = profile.values_for(name, device.get("efficiency_from"))
+        efficiency.update(stack_values)
+        stack_name = profile.name
     if ideal:
         efficiency.update(IDEAL)
         calibrated, provenance = False, "ideal datasheet roofline (efficiency 1, overheads 0)"
@@ -258,5 +268,6 @@ def get_hardware(name: str, *, ideal: bool = False, catalog: Catalog | None = No
         name=name, kind=device.get("kind", "gpu"), devices_per_node=int(device["devices_per_node"]),
         native_dtypes=tuple(device.get("native_dtypes", DTYPES)), intra_link=device["intra_link"],
         inter_link=device["inter_link"], host_link=device["host_link"], host_cpu=device["host_cpu"],
-        tiers=tuple(device["tiers"][t] for t in TIERS), calibrated=calibrated, provenance=provenance)
+        tiers=tuple(device["tiers"][t] for t in TIERS), calibrated=calibrated, provenance=provenance,
+        stack=stack_name)
     return Hardware(spec, HardwareParams.from_natural(values, dtype=dtype))

@@ -1,0 +1,84 @@
+"""Static-batch predictions of a measurement table, as a differentiable function of the parameters.
+
+Rows are grouped by (model, tp): one ``EngineSpec`` each, so one compiled estimate serves all their
+batches and lengths. A batch whose KV cache does not fit under the stack's sizing rule runs in waves
+of what fits (``stacks.kv.static_waves``); a row where not even one request fits is reported in
+``impossible`` with the reason, never silently dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from ..engine import EngineSpec
+from ..estimate import static_batch
+from ..hardware.catalog import SystemSpec
+from ..hardware.params import HardwareParams
+from ..models.config import get_model
+from ..models.operators import Parallelism
+from ..stacks.kv import kv_capacity, static_waves
+from ..stacks.profile import StackProfile
+
+
+@dataclass
+class _Group:
+    engine: EngineSpec
+    index: np.ndarray          # row positions in the table
+    per_wave: np.ndarray       # requests per full wave
+    full: np.ndarray           # full waves
+    last: np.ndarray           # requests in the last partial wave
+    prompt: np.ndarray
+    output: np.ndarray
+
+
+class StaticBatchTable:
+    """Predict ``latency_s`` (and ``ttft_s``) of every row of a canonical table on one device."""
+
+    def __init__(self, rows: pd.DataFrame, spec: SystemSpec, params: HardwareParams, stack: StackProfile,
+                 dtype: str = "bf16"):
+        rows = rows.reset_index(drop=True)
+        self.rows, self.spec, self.stack = rows, spec, stack
+        self.groups: list[_Group] = []
+        impossible = []
+        keep = np.ones(len(rows), bool)
+        for (model_name, tp), g in rows.groupby(["model", "tp"], sort=True):
+            engine = EngineSpec(get_model(model_name), spec, Parallelism(tp=int(tp)), weight_dtype=dtype)
+            cap = kv_capacity(engine, params, stack)
+            waves = [static_waves(engine, cap, int(r.batch), int(r.input), int(r.output)) for r in g.itertuples()]
+            ok = np.array([w.per_wave > 0 for w in waves])
+            for pos, w in zip(g.index[~ok], np.array(waves, dtype=object)[~ok]):
+                impossible.append((pos, "weights and reserves leave no room for one request's KV cache"
+                                   if cap.blocks == 0 else f"one request needs more KV than the {cap.blocks} blocks"))
+            keep[g.index[~ok]] = False
+            g, waves = g[ok], [w for w, o in zip(waves, ok) if o]
+            if g.empty:
+                continue
+            self.groups.append(_Group(engine, g.index.to_numpy(), np.array([w.per_wave for w in waves], float),
+                                      np.array([w.full for w in waves], float), np.array([w.last for w in waves], float),
+                                      g.input.to_numpy(float), g.output.to_numpy(float)))
+        self.impossible = pd.DataFrame(impossible, columns=["row", "reason"])
+        self.keep = keep
+        self.waves = np.zeros(len(rows))
+        for g in self.groups:
+            self.waves[g.index] = g.full + (g.last > 0)
+
+    def predict(self, params: HardwareParams):
+        """(latency_s, ttft_s) per kept row (order of ``rows[keep]``), differentiable in ``params``."""
+        lat, ttft, index = [], [], []
+        for g in self.groups:
+            wave = static_batch(g.engine, params, g.per_wave, g.prompt, g.output)
+            rest = static_batch(g.engine, params, jnp.maximum(g.last, 1.0), g.prompt, g.output)
+            lat.append(g.full * wave.e2e_s + jnp.where(g.last > 0, rest.e2e_s, 0.0))
+            # The first wave's prefill gives the first token of the requests in it.
+            ttft.append(wave.prefill_s)
+            index.append(g.index)
+        order = np.argsort(np.concatenate(index))
+        return jnp.concatenate(lat)[order], jnp.concatenate(ttft)[order]
+
+    def measured(self):
+        kept = self.rows[self.keep]
+        return kept.latency_s.to_numpy(), kept.ttft_s.to_numpy()

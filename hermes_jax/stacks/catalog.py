@@ -1,0 +1,79 @@
+"""The shipped stacks and user stack files.
+
+``data/stacks.toml`` is written by ``calibration/fit_stacks.py`` (vLLM, TensorRT-LLM, DeepSpeed-MII
+fitted to LLM-Inference-Bench). Two more stacks are read from the calibrated hardware overlay
+(``hardware/data/calibrated.toml``, written by ``calibration/fit_kernels.py``) so their values live
+in one place: ``splitwise-2023`` (the serving-level fit to Splitwise's 2023 engine) and
+``sarathi-2024`` (the kernel-level fits to Vidur's sarathi-serve profiles, over the Splitwise values
+for fields those profiles do not measure).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..hardware.catalog import default_catalog
+from .profile import KVSizing, StackProfile, profiles_from_toml
+
+DATA = Path(__file__).parent / "data"
+DEFAULT_STACK = "vllm"
+_USER: dict[str, StackProfile] = {}
+_SHIPPED: dict[str, StackProfile] | None = None
+
+
+def _overlay_stacks() -> dict[str, StackProfile]:
+    overlay = default_catalog().calibrated
+    splitwise, sarathi, prov_s, prov_v = {}, {}, {}, {}
+    for device, entry in overlay.items():
+        base = dict(entry.get("efficiency", {}))
+        splitwise[device] = base
+        prov_s[device] = {"summary": entry.get("provenance", {}).get("summary", "fitted to Splitwise")}
+        kernel = dict(base)
+        for part in ("ops", "attention", "allreduce", "host"):
+            kernel.update(entry.get("fits", {}).get(part, {}).get("values", {}))
+        sarathi[device] = kernel
+        prov_v[device] = {"summary": "kernel-level fits to Vidur profiles (" +
+                          ", ".join(sorted(entry.get("fits", {}))) + "); other fields from the Splitwise fit"}
+    origin = "hermes_jax/hardware/data/calibrated.toml"
+    return {
+        "splitwise-2023": StackProfile("splitwise-2023", "2023", "the engine behind Splitwise's measured "
+                                       "Llama-2-70B / BLOOM profiles", "refuse", KVSizing(), splitwise, prov_s, origin),
+        "sarathi-2024": StackProfile("sarathi-2024", "2024", "sarathi-serve kernels as profiled by Vidur",
+                                     "waves", KVSizing(), sarathi, prov_v, origin),
+    }
+
+
+def shipped_stacks() -> dict[str, StackProfile]:
+    global _SHIPPED
+    if _SHIPPED is None:
+        stacks = _overlay_stacks()
+        path = DATA / "stacks.toml"
+        if path.exists():
+            stacks.update(profiles_from_toml(path))
+        _SHIPPED = stacks
+    return _SHIPPED
+
+
+def stack_names() -> list[str]:
+    return sorted({**shipped_stacks(), **_USER})
+
+
+def load_stack_file(path: str | Path) -> list[str]:
+    """Register the stacks a user TOML file defines (same schema as the shipped file); returns their
+    names. A user stack of a shipped name replaces it for this process."""
+    stacks = profiles_from_toml(path)
+    _USER.update(stacks)
+    return sorted(stacks)
+
+
+def get_stack(name: str | StackProfile | None = None) -> StackProfile:
+    """A stack by name (``None``: the default, the current vLLM)."""
+    if isinstance(name, StackProfile):
+        return name
+    name = name or DEFAULT_STACK
+    found = _USER.get(name) or shipped_stacks().get(name)
+    if found is None:
+        raise ConfigError(f"unknown stack {name!r}; known stacks: {', '.join(stack_names())} "
+                          "(or define one in a --stack-file)")
+    return found

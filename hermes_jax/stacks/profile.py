@@ -1,0 +1,131 @@
+"""Serving-stack profiles: what a piece of serving software reaches on a device.
+
+A hardware entry holds datasheet physics (peaks, bandwidths, capacities). A stack profile holds what
+one serving stack (vLLM, TensorRT-LLM, ...) reaches on it: the efficiency and overhead fields of
+``HardwareParams`` (``hardware.params.EFFICIENCY_FIELDS`` and ``OVERHEAD_FIELDS``, plus the link
+latencies a collective library sees), how it sizes its KV cache, and what it does with a batch that
+does not fit. Values are keyed by (stack, device). Lookup for a device the stack has no fit for
+(``StackProfile.values_for``): the device named by the hardware entry's ``efficiency_from`` (same
+die, e.g. gh200 -> h100-sxm), then the stack's ``[STACK.devices.default]`` table, then the hardware
+catalog's own values; the returned provenance says which one was used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from ..errors import ConfigError
+from ..hardware.params import EFFICIENCY_FIELDS, FIELDS, OVERHEAD_FIELDS
+from ..tomlio import field_line, load_toml
+
+STACK_FIELDS = EFFICIENCY_FIELDS + OVERHEAD_FIELDS + ("intra_link_latency", "inter_link_latency")
+"""HardwareParams fields a stack profile may set: what software reaches, never datasheet physics."""
+OVERFLOW = ("waves", "refuse")
+"""What a stack does with a static batch whose KV cache does not fit: run it in waves of what fits
+(vLLM, TensorRT-LLM: admit what fits, the rest after) or refuse it."""
+
+
+@dataclass(frozen=True)
+class KVSizing:
+    """How a stack sizes its KV cache on one device (vLLM's rule).
+
+    free = gpu_memory_utilization * capacity - weights - activation peak of a profiling pass over
+    ``profile_tokens`` tokens - ``non_torch_bytes``; it is cut into blocks of ``block_size`` tokens."""
+
+    gpu_memory_utilization: float = 0.9   # share of device memory the stack may use
+    profile_tokens: int = 8192            # tokens of the profiling forward pass (max_num_batched_tokens)
+    profile_sequences: int = 256          # sequences of that pass (max_num_seqs): logits rows
+    non_torch_bytes: float = 1.0e9        # B, CUDA context, NCCL buffers, CUDA graphs
+    block_size: int = 16                  # tokens per KV block
+
+
+@dataclass(frozen=True)
+class StackProfile:
+    """One serving stack: name, version, KV rule, overflow policy and per-device values."""
+
+    name: str
+    version: str = ""
+    description: str = ""
+    overflow: str = "waves"
+    kv: KVSizing = field(default_factory=KVSizing)
+    devices: Mapping[str, Mapping[str, object]] = field(default_factory=dict)     # device -> field -> value
+    provenance: Mapping[str, Mapping[str, str]] = field(default_factory=dict)    # device -> key -> text
+    origin: str = ""                       # file it came from
+
+    def __post_init__(self):
+        if self.overflow not in OVERFLOW:
+            raise ConfigError(f"stack {self.name}: overflow {self.overflow!r} unknown; allowed: {', '.join(OVERFLOW)}")
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.version}".strip()
+
+    def values_for(self, device: str, efficiency_from: str | None = None) -> tuple[dict, str, bool]:
+        """(values, provenance text, fitted on this device?) for ``device``; see the module doc."""
+        if device in self.devices:
+            return dict(self.devices[device]), self._describe(device), True
+        if efficiency_from and efficiency_from in self.devices:
+            return (dict(self.devices[efficiency_from]),
+                    f"{self.label} fitted on {efficiency_from} (no fit for {device}; same die)", False)
+        if "default" in self.devices:
+            return dict(self.devices["default"]), f"{self.label} default values (no fit for {device})", False
+        return {}, f"{self.label} has no values for {device}: hardware catalog values", False
+
+    def _describe(self, device: str) -> str:
+        prov = self.provenance.get(device, {})
+        return f"{self.label} on {device}: {prov.get('summary', 'fitted')}"
+
+
+def _check_values(values: dict, where: str) -> dict:
+    out = {}
+    for key, value in values.items():
+        if key not in STACK_FIELDS:
+            hint = " (datasheet physics belongs in the hardware entry)" if key in FIELDS else ""
+            raise ConfigError(f"{where} {key}: not a stack field{hint}; allowed: {', '.join(STACK_FIELDS)}")
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not item >= 0:
+                raise ConfigError(f"{where} {key}: expected a number >= 0, got {value!r}")
+        out[key] = [float(v) for v in value] if isinstance(value, list) else float(value)
+    return out
+
+
+def profiles_from_toml(path: str | Path) -> dict[str, StackProfile]:
+    """Stacks defined in a TOML file: ``[NAME]`` with version, description, overflow, ``kv = {...}``
+    and ``[NAME.devices.DEVICE]`` tables of field values (plus an optional ``provenance`` table)."""
+    path = Path(path)
+    data = load_toml(path)
+    out = {}
+    for name, entry in data.items():
+        line = field_line(path, name, name) or "?"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}:{line} [{name}]: expected a stack table")
+        unknown = set(entry) - {"version", "description", "overflow", "kv", "devices"}
+        if unknown:
+            raise ConfigError(f"{path}:{line} [{name}]: unknown key(s) {sorted(unknown)}; allowed: version, "
+                              "description, overflow, kv, devices")
+        kv_raw = entry.get("kv", {})
+        known_kv = set(KVSizing.__dataclass_fields__)
+        if set(kv_raw) - known_kv:
+            raise ConfigError(f"{path}:{field_line(path, name, 'kv') or line} [{name}] kv: unknown key(s) "
+                              f"{sorted(set(kv_raw) - known_kv)}; allowed: {', '.join(sorted(known_kv))}")
+        kv = KVSizing(**{k: type(getattr(KVSizing(), k))(v) for k, v in kv_raw.items()})
+        if not 0 < kv.gpu_memory_utilization <= 1 or kv.block_size < 1 or kv.profile_tokens < 0:
+            raise ConfigError(f"{path}:{line} [{name}] kv: gpu_memory_utilization in (0, 1], block_size >= 1, "
+                              f"profile_tokens >= 0 required, got {kv}")
+        devices, provenance = {}, {}
+        for device, table in entry.get("devices", {}).items():
+            table = dict(table)
+            provenance[device] = {k: str(v) for k, v in table.pop("provenance", {}).items()}
+            devices[device] = _check_values(table, f"{path}:{field_line(path, device, device) or line} "
+                                                   f"[{name}.devices.{device}]")
+        try:
+            out[name] = StackProfile(name=name, version=str(entry.get("version", "")),
+                                     description=str(entry.get("description", "")),
+                                     overflow=str(entry.get("overflow", "waves")), kv=kv, devices=devices,
+                                     provenance=provenance, origin=str(path))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}:{line} {exc}") from None
+    return out
