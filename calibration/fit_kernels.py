@@ -41,6 +41,7 @@ import data  # noqa: E402
 
 from hermes_jax import EngineSpec, Parallelism, get_hardware, get_model, iteration_cost, static_batch  # noqa: E402
 from hermes_jax.hardware.catalog import DATA as CATALOG_DATA, GENERIC_PRIOR, shipped_catalog  # noqa: E402
+from hermes_jax.calibrate.fit import lbfgs_polish  # noqa: E402
 from hermes_jax.iteration import host_time, operators  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -97,18 +98,7 @@ def fit(loss, params, names: list[str]):
 
 def polish(objective, theta, steps: int = POLISH_STEPS):
     """L-BFGS with a line search from ``theta``; returns (theta, objective value)."""
-    solver = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(objective)
-    state = solver.init(theta)
-
-    @jax.jit
-    def step(theta, state):
-        value, grads = value_and_grad(theta, state=state)
-        updates, state = solver.update(grads, state, theta, value=value, grad=grads, value_fn=objective)
-        return optax.apply_updates(theta, updates), state
-
-    for _ in range(steps):
-        theta, state = step(theta, state)
+    theta = lbfgs_polish(objective, theta, steps)
     return theta, float(objective(theta))
 
 

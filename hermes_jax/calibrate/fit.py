@@ -29,25 +29,24 @@ Z90 = 1.6448536269514722
 
 
 # ----------------------------------------------------------------- losses
+class _LogRatio:
+    def residual(self, pred, meas):
+        return jnp.log(pred) - jnp.log(meas)
+
+
 @dataclass(frozen=True)
-class LogHuber:
+class LogHuber(_LogRatio):
     """Pseudo-Huber of the log ratio: quadratic within ``delta`` (relative), absolute-like beyond."""
     delta: float = 0.05
     name: str = "pseudo-Huber of log ratio"
-
-    def residual(self, pred, meas):
-        return jnp.log(pred) - jnp.log(meas)
 
     def rho(self, r):
         return self.delta ** 2 * (jnp.sqrt(1.0 + (r / self.delta) ** 2) - 1.0)
 
 
 @dataclass(frozen=True)
-class LogSquared:
+class LogSquared(_LogRatio):
     name: str = "squared log ratio"
-
-    def residual(self, pred, meas):
-        return jnp.log(pred) - jnp.log(meas)
 
     def rho(self, r):
         return 0.5 * r ** 2
@@ -65,13 +64,10 @@ class Relative:
 
 
 @dataclass(frozen=True)
-class Pinball:
+class Pinball(_LogRatio):
     """Quantile (pinball) loss on the log ratio, for fitting a measured ``quantile``."""
     quantile: float = 0.5
     name: str = "pinball of log ratio"
-
-    def residual(self, pred, meas):
-        return jnp.log(pred) - jnp.log(meas)
 
     def rho(self, r):
         return jnp.maximum(self.quantile * -r, (self.quantile - 1.0) * -r)
@@ -127,6 +123,24 @@ def _log_bounds(name, start, bound: Bound | None):
     return lo, hi
 
 
+def lbfgs_polish(fn: Callable, x, steps: int):
+    """``steps`` L-BFGS iterations with optax's line search from ``x``; returns the new ``x``.
+    Adam at a constant rate stops near a minimum, not at it; this polishes to the minimum itself."""
+    solver = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(fn)
+
+    @jax.jit
+    def step(x, state):
+        value, grads = value_and_grad(x, state=state)
+        updates, state = solver.update(grads, state, x, value=value, grad=grads, value_fn=fn)
+        return optax.apply_updates(x, updates), state
+
+    state = solver.init(x)
+    for _ in range(steps):
+        x, state = step(x, state)
+    return x
+
+
 def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Array]], params: HardwareParams,
                    names: list[str], *, bounds: Mapping[str, Bound] | None = None,
                    priors: Mapping[str, Prior] | None = None, loss=None, steps: int = 600,
@@ -169,37 +183,26 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
         # The prior is on the scale of a sum of squared log errors at the loss's own scale.
         return jnp.sum(weights * loss.rho(r)) / jnp.sum(weights) + prior_term(theta) / n_rows * 0.05 ** 2
 
-    def optimise(z, weights, adam_steps, lbfgs_steps):
-        opt = optax.adam(learning_rate)
+    opt = optax.adam(learning_rate)
+
+    @jax.jit
+    def adam_step(z, state, weights):
+        value, grads = jax.value_and_grad(objective)(z, weights)
+        updates, state = opt.update(grads, state)
+        return optax.apply_updates(z, updates), state, value
+
+
+    def optimise(z, weights, adam_steps):
         state = opt.init(z)
-
-        @jax.jit
-        def step(z, state):
-            value, grads = jax.value_and_grad(objective)(z, weights)
-            updates, state = opt.update(grads, state)
-            return optax.apply_updates(z, updates), state, value
-
         for i in range(adam_steps):
-            z, state, value = step(z, state)
+            z, state, value = adam_step(z, state, weights)
             if progress and (i + 1) % max(adam_steps // 5, 1) == 0:
                 progress(f"adam {i + 1}/{adam_steps}: loss {float(value):.5g}")
-        fn = lambda z: objective(z, weights)  # noqa: E731
-        solver = optax.lbfgs()
-        value_and_grad = optax.value_and_grad_from_state(fn)
-        lstate = solver.init(z)
-
-        @jax.jit
-        def lstep(z, lstate):
-            value, grads = value_and_grad(z, state=lstate)
-            updates, lstate = solver.update(grads, lstate, z, value=value, grad=grads, value_fn=fn)
-            return optax.apply_updates(z, updates), lstate
-
-        for _ in range(lbfgs_steps):
-            z, lstate = lstep(z, lstate)
-        return z, float(fn(z))
+        z = lbfgs_polish(lambda x: objective(x, weights), z, polish_steps)
+        return z, float(objective(z, weights))
 
     ones = jnp.ones((n_rows,), dtype)
-    z, final = optimise(to_z(start), ones, steps, polish_steps)
+    z, final = optimise(to_z(start), ones, steps)
     theta = {n: np.asarray(v, np.float64) for n, v in to_theta(z).items()}
     if progress:
         progress(f"polished: loss {final:.5g}")
@@ -268,7 +271,7 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
         draws = []
         for b in range(bootstrap):
             w = jnp.asarray(rng.multinomial(n_rows, np.full(n_rows, 1.0 / n_rows)), dtype)
-            zb, _ = optimise(z, w, 0, polish_steps)
+            zb, _ = optimise(z, w, 0)
             draws.append(np.concatenate([np.ravel(np.asarray(v)) for v in to_theta(zb).values()]))
             if progress:
                 progress(f"bootstrap {b + 1}/{bootstrap}")

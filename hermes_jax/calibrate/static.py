@@ -50,9 +50,9 @@ class StaticBatchTable:
             cap = kv_capacity(engine, params, stack)
             waves = [static_waves(engine, cap, int(r.batch), int(r.input), int(r.output)) for r in g.itertuples()]
             ok = np.array([w.per_wave > 0 for w in waves])
-            for pos, w in zip(g.index[~ok], np.array(waves, dtype=object)[~ok]):
-                impossible.append((pos, "weights and reserves leave no room for one request's KV cache"
-                                   if cap.blocks == 0 else f"one request needs more KV than the {cap.blocks} blocks"))
+            reason = ("weights and reserves leave no room for one request's KV cache" if cap.blocks == 0
+                      else f"one request needs more KV than the {cap.blocks} blocks")
+            impossible += [(pos, reason) for pos in g.index[~ok]]
             keep[g.index[~ok]] = False
             g, waves = g[ok], [w for w, o in zip(waves, ok) if o]
             if g.empty:
@@ -71,8 +71,11 @@ class StaticBatchTable:
         lat, ttft, index = [], [], []
         for g in self.groups:
             wave = static_batch(g.engine, params, g.per_wave, g.prompt, g.output)
-            rest = static_batch(g.engine, params, jnp.maximum(g.last, 1.0), g.prompt, g.output)
-            lat.append(g.full * wave.e2e_s + jnp.where(g.last > 0, rest.e2e_s, 0.0))
+            latency = g.full * wave.e2e_s
+            if g.last.any():  # a partial last wave only where some batch does not fit at once
+                rest = static_batch(g.engine, params, np.maximum(g.last, 1.0), g.prompt, g.output)
+                latency = latency + jnp.where(g.last > 0, rest.e2e_s, 0.0)
+            lat.append(latency)
             # The first wave's prefill gives the first token of the requests in it.
             ttft.append(wave.prefill_s)
             index.append(g.index)

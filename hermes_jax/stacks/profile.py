@@ -111,6 +111,11 @@ def profiles_from_toml(path: str | Path) -> dict[str, StackProfile]:
         if set(kv_raw) - known_kv:
             raise ConfigError(f"{path}:{field_line(path, name, 'kv') or line} [{name}] kv: unknown key(s) "
                               f"{sorted(set(kv_raw) - known_kv)}; allowed: {', '.join(sorted(known_kv))}")
+        for k, v in kv_raw.items():  # counts must be whole numbers: never truncate one silently
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(getattr(KVSizing(), k), int)
+                                                                           and v != int(v)):
+                raise ConfigError(f"{path}:{field_line(path, name, 'kv') or line} [{name}] kv.{k}: expected a "
+                                  f"{'whole ' if isinstance(getattr(KVSizing(), k), int) else ''}number, got {v!r}")
         kv = KVSizing(**{k: type(getattr(KVSizing(), k))(v) for k, v in kv_raw.items()})
         if not 0 < kv.gpu_memory_utilization <= 1 or kv.block_size < 1 or kv.profile_tokens < 0:
             raise ConfigError(f"{path}:{line} [{name}] kv: gpu_memory_utilization in (0, 1], block_size >= 1, "
