@@ -61,13 +61,16 @@ def numpy_static_batch(engine, nat, batch, prompt, output):
                 half = 0.0 if elementwise else nat["compute_half_flop"]
                 meff = (nat["elementwise_efficiency"][ELEMENTWISE_KERNELS.index(op.kernel)] if elementwise
                         else nat["memory_efficiency"])
+                if op.kind == ATTENTION:
+                    meff *= nat["attention_memory_efficiency"]
                 tc = (flop + half) / (pk * eff) if flop > 0 else 0.0
                 tm = (nbytes + nat["memory_half_bytes"]) / (nat["hbm_bandwidth"] * meff) if nbytes > 0 else 0.0
                 t = max(tc, tm) + nat["kernel_overhead_s"]
             total += op.count * t
         sampler = engine.model.vocab * (nat["host_overhead_per_vocab_s"] + nat["host_overhead_per_logit_s"] * batch)
         multiworker = nat["host_overhead_multiworker_s"] if engine.parallel.devices > 1 else 0.0
-        return total + nat["host_overhead_s"] + nat["host_overhead_per_seq_s"] * batch + multiworker + sampler
+        held = nat["host_overhead_per_context_token_s"] * float(c["_held_tokens"][0])
+        return total + nat["host_overhead_s"] + nat["host_overhead_per_seq_s"] * batch + held + multiworker + sampler
 
     prefill = iteration(prompt, 0.0)
     decode = sum(iteration(1.0, prompt + k) for k in range(int(output) - 1))

@@ -19,19 +19,22 @@ import numpy as np  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from hermes_jax import get_hardware  # noqa: E402
-from hermes_jax.calibrate import StaticBatchTable, fit_parameters, read_static_batch  # noqa: E402
+from hermes_jax.calibrate import Bound, StaticBatchTable, fit_parameters, read_static_batch  # noqa: E402
 from hermes_jax.stacks import get_stack  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "llm_inference_bench"
 HELD_OUT = ["qwen2-7b", "llama-3-70b"]
-NAMES = ["compute_efficiency", "compute_half_flop", "attention_efficiency", "memory_efficiency", "kernel_overhead_s",
-         "host_overhead_s", "host_overhead_per_seq_s", "intra_link_efficiency"]
+NAMES = ["compute_efficiency", "compute_half_flop", "attention_efficiency", "memory_efficiency",
+         "attention_memory_efficiency", "host_overhead_per_context_token_s", "kernel_overhead_s",
+         "host_overhead_s", "host_overhead_per_seq_s", "host_overhead_multiworker_s", "collective_overhead_s",
+         "collective_ll_overhead_s", "intra_link_efficiency"]
 
 
 def main():
     table = read_static_batch(DATA / "All_results.csv")
     print(table.summary())
-    for device in ["h100-sxm", "a100-40gb"]:
+    import sys
+    for device in sys.argv[1:] or ["h100-sxm", "a100-40gb"]:
         rows = table.rows[(table.rows["stack"] == "vllm") & (table.rows.hardware == device)]
         hw = get_hardware(device, stack="splitwise-2023", dtype=jnp.float64)
         tab = StaticBatchTable(rows, hw.spec, hw.params, get_stack("vllm"))
@@ -41,6 +44,7 @@ def main():
         train = ~kept.model.isin(HELD_OUT).to_numpy()
         t0 = time.time()
         res = fit_parameters(lambda p: (tab.predict(p)[0][train], meas[train]), hw.params, NAMES, steps=300,
+                             bounds={"host_overhead_per_context_token_s": Bound(1e-11, 1e-6)},
                              polish_steps=100)
         after = np.abs(np.asarray(tab.predict(res.params)[0]) / meas - 1) * 100
         print(f"\n{device}: {len(rows)} vLLM rows, {len(tab.impossible)} impossible, {(tab.waves > 1).sum()} in waves; "
@@ -53,6 +57,9 @@ def main():
         for w in res.warnings:
             print("  warning:", w)
         print(kept.assign(err_pct=after).groupby(["model", "tp"]).err_pct.mean().round(1).to_string())
+        ratio = np.asarray(tab.predict(res.params)[0]) / meas
+        print(kept.assign(ratio=ratio).pivot_table(index=["model", "tp", "input"], columns="batch",
+                                                   values="ratio").round(2).to_string())
 
 
 if __name__ == "__main__":

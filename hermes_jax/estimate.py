@@ -98,7 +98,10 @@ def static_batch(engine: EngineSpec, hw: HardwareParams, batch, prompt, output) 
     affine = _sum_combine_affine(engine, tc0, tc1 - tc0, tm0, tm1 - tm0, m_)
     capped = (n_ - m_) * combine(tcm, tmm, engine.roofline)
     per_op = affine + capped + n_ * (first.op_network + first.op_overhead)
-    decode_total = per_op.sum(-1) + n * first.host
+    # Host time is affine in the held context until the window caps it.
+    h0, h1, hm = dec.host[0], dec.host[1], dec.host[2]
+    host_total = m * h0 + (h1 - h0) * m * jnp.maximum(m - 1, 0.0) / 2 + (n - m) * hm
+    decode_total = per_op.sum(-1) + host_total
     prefill_s = prefill.time
     return StaticBatchEstimate(
         prefill_s=prefill_s, decode_step_s=jnp.where(n > 0, first.time, 0.0), decode_total_s=decode_total,

@@ -6,6 +6,7 @@ parameter, and broadcasts over leading batch axes of ``new`` / ``context`` / ``l
 
 iteration time = host time + sum over operators of count * service_time(operator), where
 host time = host_overhead + host_overhead_per_seq * active sequences
+          + host_overhead_per_context_token * KV tokens the active sequences hold
           + host_overhead_multiworker [engine spans > 1 device]
           + vocab * (host_overhead_per_vocab + host_overhead_per_logit * sampled sequences)
 """
@@ -74,26 +75,32 @@ def iteration_cost(engine: EngineSpec, hw: HardwareParams, new, context, logits,
             else:
                 peak, eff, half, mem_eff = peak_gemm, {GEMM: hw.compute_efficiency, ATTENTION: hw.attention_efficiency}[
                     op.kind], hw.compute_half_flop, hw.memory_efficiency
+                if op.kind == ATTENTION:
+                    mem_eff = mem_eff * hw.attention_memory_efficiency
             t, tc, tm = op_time(flop, nbytes, hw, peak, eff, half, mem_eff, engine.roofline)
             tn, to = zero, jnp.where((flop > 0) | (nbytes > 0), hw.kernel_overhead_s, 0.0)
         for key, value in zip(cols, (t, tc, tm, tn, to, flop, nbytes)):
             cols[key].append(op.count * value)
     stacked = {k: jnp.stack(v, axis=-1) for k, v in cols.items()}
     sampled = costs["_sampled_sequences"][0].astype(dtype)
-    host = host_time(hw, active, sampled, engine.model.vocab, engine.parallel.devices)
+    held = jnp.broadcast_to(costs["_held_tokens"][0], active.shape).astype(dtype)
+    host = host_time(hw, active, sampled, engine.model.vocab, engine.parallel.devices, held)
     return IterationCost(time=stacked["time"].sum(-1) + host, host=host, op_time=stacked["time"],
                          op_compute=stacked["compute"], op_memory=stacked["memory"],
                          op_network=stacked["network"], op_overhead=stacked["overhead"],
                          op_flop=stacked["flop"], op_bytes=stacked["bytes"])
 
 
-def host_time(hw: HardwareParams, active, sampled, vocab: int, devices: int):
+def host_time(hw: HardwareParams, active, sampled, vocab: int, devices: int, held=0.0):
     """Host seconds of one iteration with ``active`` sequences of which ``sampled`` sample a token
-    (0 when nothing runs). The sampler term scales with the vocabulary: measured (Vidur, A100) it
-    grows from ~0.55 ms at 32K entries to ~1 ms at 152K for 8 sequences."""
+    and which hold ``held`` KV tokens (0 when nothing runs). The sampler term scales with the
+    vocabulary: measured (Vidur, A100) it grows from ~0.55 ms at 32K entries to ~1 ms at 152K for 8
+    sequences."""
     multiworker = hw.host_overhead_multiworker_s if devices > 1 else 0.0
     sampler = vocab * (hw.host_overhead_per_vocab_s + hw.host_overhead_per_logit_s * sampled)
-    return jnp.where(active > 0, hw.host_overhead_s + hw.host_overhead_per_seq_s * active + multiworker + sampler, 0.0)
+    per_step = (hw.host_overhead_s + hw.host_overhead_per_seq_s * active + hw.host_overhead_per_context_token_s * held
+                + multiworker + sampler)
+    return jnp.where(active > 0, per_step, 0.0)
 
 
 def iteration_time(engine: EngineSpec, hw: HardwareParams, new, context, logits=None):

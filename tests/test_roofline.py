@@ -2,10 +2,13 @@
 
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from hermes_jax import EngineSpec, Parallelism, get_hardware, get_model, static_batch
+from hermes_jax.hardware.params import HardwareParams
+from hermes_jax.iteration import operators
 from hermes_jax.models.operators import op_specs, operator_costs
 
 
@@ -72,3 +75,30 @@ def test_sliding_window_caps_attention_and_kv():
     est = static_batch(engine, hw.params, 2, prompt, output)
     steps = [float(static_batch(engine, hw.params, 2, prompt + k, 2).decode_step_s) for k in range(output - 1)]
     assert float(est.decode_total_s) == pytest.approx(sum(steps), rel=1e-9)
+
+
+def _with(params, **values):
+    return HardwareParams({**params.log, **{k: jnp.log(jnp.asarray(v, params.log[k].dtype)) for k, v in values.items()}})
+
+
+def test_paged_kv_terms_scale_kv_reads_and_hold_in_the_closed_form_sum():
+    """Host time per held KV token and the attention's own KV-read efficiency: the decode step grows by
+    exactly their share, and the closed-form decode total still equals the explicit sum of steps,
+    across a sliding-window kink too."""
+    hw = get_hardware("a100-80gb", ideal=True)
+    model = dataclasses.replace(get_model("llama-2-7b"), sliding_window=512, name="llama-2-7b-sw512")
+    engine = EngineSpec(model, hw.spec)
+    per_token, eff = 2e-8, 0.5
+    slow = _with(hw.params, host_overhead_per_context_token_s=per_token, attention_memory_efficiency=eff)
+    base = static_batch(engine, hw.params, 4, 300, 2)
+    est = static_batch(engine, slow, 4, 300, 2)
+    attention = [op.name for op in operators(engine)].index("attention")
+    extra_host = per_token * 4 * 301
+    assert float(est.decode_first.host - base.decode_first.host) == pytest.approx(extra_host, rel=1e-9)
+    # memory-bound decode attention: half the bandwidth doubles its memory term
+    assert float(est.decode_first.op_memory[attention]) == pytest.approx(
+        float(base.decode_first.op_memory[attention]) / eff, rel=1e-9)
+    prompt, output = 480, 70
+    total = static_batch(engine, slow, 2, prompt, output).decode_total_s
+    steps = [float(static_batch(engine, slow, 2, prompt + k, 2).decode_step_s) for k in range(output - 1)]
+    assert float(total) == pytest.approx(sum(steps), rel=1e-9)

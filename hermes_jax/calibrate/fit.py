@@ -155,7 +155,12 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
             raise ConfigError(f"cannot fit {name!r}: not a hardware or stack parameter; known: {', '.join(FIELDS)}")
     dtype = params.log[names[0]].dtype
     start = {n: np.asarray(params.log[n], dtype=np.float64) for n in names}
-    lims = {n: _log_bounds(n, np.where(np.isfinite(start[n]), start[n], -20.0), bounds.get(n)) for n in names}
+    for n in names:
+        b = bounds.get(n)
+        if not np.all(np.isfinite(start[n])) and not (b and b.lower and b.upper):
+            raise ConfigError(f"fit parameter {n} starts at 0 (switched off): give it Bound(lower, upper) "
+                              "so the fit knows the range to search")
+    lims = {n: _log_bounds(n, np.where(np.isfinite(start[n]), start[n], 0.0), bounds.get(n)) for n in names}
 
     def to_theta(z):
         return {n: lims[n][0] + (lims[n][1] - lims[n][0]) * jax.nn.sigmoid(z[n]) for n in names}
@@ -164,7 +169,9 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
         out = {}
         for n in names:
             lo, hi = lims[n]
-            u = np.clip((np.asarray(theta[n]) - lo) / (hi - lo), 1e-6, 1 - 1e-6)
+            t = np.asarray(theta[n], np.float64)
+            t = np.where(np.isfinite(t), t, (lo + hi) / 2)  # switched off: start mid-range (log scale)
+            u = np.clip((t - lo) / (hi - lo), 1e-6, 1 - 1e-6)
             out[n] = jnp.asarray(np.log(u / (1 - u)), dtype=dtype)
         return out
 

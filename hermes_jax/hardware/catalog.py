@@ -41,11 +41,12 @@ POSITIVE = {
 GENERIC_PRIOR = {
     "compute_efficiency": 0.65, "compute_half_flop": 2e9, "attention_efficiency": 0.35,
     "attention_causal_efficiency": 1.0, "attention_row_keys": 64.0,
-    "memory_efficiency": 0.8, "memory_half_bytes": 2e6, "elementwise_efficiency": 0.5, "kernel_overhead_s": 4e-6,
+    "memory_efficiency": 0.8, "memory_half_bytes": 2e6,
+    "attention_memory_efficiency": 1.0, "elementwise_efficiency": 0.5, "kernel_overhead_s": 4e-6,
     "collective_overhead_s": 1e-5,
     # Neutral low-latency protocol (never faster than the bandwidth one) until a part is measured.
     "collective_ll_overhead_s": 1e-5, "collective_ll_latency_ratio": 1.0, "collective_ll_bandwidth_efficiency": 0.5,
-    "host_overhead_s": 2e-3, "host_overhead_per_seq_s": 5e-5, "host_overhead_multiworker_s": 4e-4,
+    "host_overhead_s": 2e-3, "host_overhead_per_seq_s": 5e-5, "host_overhead_per_context_token_s": 0.0, "host_overhead_multiworker_s": 4e-4,
     "host_overhead_per_vocab_s": 3e-9, "host_overhead_per_logit_s": 4e-11,
     "intra_link_efficiency": 0.6, "inter_link_efficiency": 0.8,
 }

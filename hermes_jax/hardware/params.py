@@ -47,11 +47,17 @@ FIELDS: dict[str, tuple[tuple[int, ...], str, str]] = {
                            "(softmax rescaling, Q load and output write per query tile)"),
     "memory_efficiency": ((), "1", "share of HBM bandwidth reached by large streams"),
     "memory_half_bytes": ((), "B", "per-device op traffic at which bandwidth efficiency is halved"),
+    "attention_memory_efficiency": ((), "1", "bandwidth attention kernels reach reading the KV cache, as a share "
+                                    "of memory_efficiency (paged gathers of small blocks stream worse than "
+                                    "dense tensors; 1: the same)"),
     "elementwise_efficiency": ((len(ELEMENTWISE_KERNELS),), "1", "share of HBM bandwidth reached by each "
                                "memory-bound kernel class (ELEMENTWISE_KERNELS order)"),
     "kernel_overhead_s": ((), "s", "fixed time per kernel (launch and tail)"),
     "host_overhead_s": ((), "s", "per-iteration host time: scheduler, input preparation, sampler"),
     "host_overhead_per_seq_s": ((), "s", "extra host time per sequence in the batch per iteration"),
+    "host_overhead_per_context_token_s": ((), "s", "extra host time per iteration per token of KV cache the "
+                                          "running sequences hold (block tables rebuilt on the host each "
+                                          "step, as in vLLM's v0 engine)"),
     "host_overhead_multiworker_s": ((), "s", "extra host time per iteration when the engine spans more than "
                                     "one device (inputs broadcast to the workers)"),
     "host_overhead_per_vocab_s": ((), "s", "sampler time per vocabulary entry per iteration"),
@@ -85,11 +91,13 @@ FIELDS: dict[str, tuple[tuple[int, ...], str, str]] = {
 
 # Fields set to 1 by the ideal roofline (the LL latency ratio too: ideal LL and Simple coincide).
 EFFICIENCY_FIELDS = ("compute_efficiency", "attention_efficiency", "attention_causal_efficiency", "memory_efficiency",
+                     "attention_memory_efficiency",
                      "elementwise_efficiency", "intra_link_efficiency", "inter_link_efficiency",
                      "collective_ll_latency_ratio", "collective_ll_bandwidth_efficiency")
 OVERHEAD_FIELDS = ("compute_half_flop", "attention_row_keys", "memory_half_bytes", "kernel_overhead_s", "collective_overhead_s",
                    "collective_ll_overhead_s",
-                   "host_overhead_s", "host_overhead_per_seq_s", "host_overhead_multiworker_s",
+                   "host_overhead_s", "host_overhead_per_seq_s", "host_overhead_per_context_token_s",
+                   "host_overhead_multiworker_s",
                    "host_overhead_per_vocab_s", "host_overhead_per_logit_s")
 
 

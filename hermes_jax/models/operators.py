@@ -144,6 +144,8 @@ def operator_costs(model: ModelConfig, par: Parallelism, weight_dtype: str, kv_d
     kv_read = (copies * xp.where(new > 0, kv_read, 0)).sum(-1)
     kv_traffic = 0.0 if model.encoder else (kv_read + T) * kv_elems * kvb  # read context, write new
     costs["attention"] = (attn_flop_per_pair * pairs, kv_traffic + T * q_o_width * ab)
+    # KV tokens the running sequences hold (what a host rebuilds block tables over).
+    costs["_held_tokens"] = (kv_read, 0.0 * kv_read)
     # Causal masking leaves new (new - 1) / 2 pairs per sequence unneeded; a kernel that does not skip
     # masked tiles still computes them (scaled by hardware attention_causal_efficiency in iteration).
     masked = 0.0 * pairs if (model.encoder or model.sliding_window) else (copies * new * xp.maximum(new - 1, 0) / 2).sum(-1)
