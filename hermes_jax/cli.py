@@ -11,12 +11,14 @@ import numpy as np
 
 from .engine import EngineSpec
 from .errors import ConfigError
-from .estimate import check_fits, static_batch
+from .estimate import memory_footprint
 from .hardware.catalog import default_catalog, get_hardware
 from .iteration import BOUNDS, operators
 from .kernels.roofline import RooflineOptions
 from .models.config import DTYPE_BYTES, get_model, load_hf_config
 from .models.operators import Parallelism
+from .stacks import get_stack, load_stack_file
+from .stacks.kv import kv_capacity, static_batch_in_waves, static_waves
 
 GROUP_ORDER = ("embedding", "norms", "projections", "attention", "mlp", "moe", "lm_head", "communication", "host")
 
@@ -48,6 +50,25 @@ def group_bounds(engine: EngineSpec, cost) -> dict[str, dict]:
             for name in GROUP_ORDER if name in groups}
 
 
+def _impossible(engine, stack, cap, waves, prompt: int, output: int) -> str | None:
+    """Why a grid point cannot run at all (None: it runs, at once or in waves)."""
+    gb = 1e9
+    if prompt + output > engine.model.max_context:
+        return (f"prompt + output = {prompt + output} tokens exceeds {engine.model.name}'s context of "
+                f"{engine.model.max_context} tokens")
+    if cap.blocks == 0:
+        return (f"weights {cap.weights_bytes / gb:.1f} GB + profiling activations {cap.activation_bytes / gb:.1f} GB "
+                f"+ reserves leave no KV cache under {stack.label}'s rule on {cap.capacity_bytes / gb:.1f} GB per "
+                "device: use more tensor/pipeline parallelism or a smaller dtype")
+    if waves.per_wave == 0:
+        return (f"one request of {prompt + output} tokens needs more than the {cap.blocks} KV blocks of "
+                f"{cap.block_size} tokens per device")
+    if not waves.fits and stack.overflow == "refuse":
+        return (f"the batch needs {waves.missing_bytes / gb:.2f} GB more KV per device and {stack.label} refuses "
+                f"batches that do not fit (it would run {waves.full + (waves.last > 0)} waves)")
+    return None
+
+
 def _estimate_rows(args) -> list[dict]:
     catalog = default_catalog()
     if args.hardware_file:
@@ -55,12 +76,12 @@ def _estimate_rows(args) -> list[dict]:
         if not args.hardware and len(defined) == 1:
             args.hardware = defined[0]
     if args.stack_file:
-        from .stacks import load_stack_file
         defined = load_stack_file(args.stack_file)
         if not args.stack and len(defined) == 1:
             args.stack = defined[0]
     model = load_hf_config(args.model_config) if args.model_config else get_model(args.model)
     hardware = get_hardware(args.hardware, ideal=args.ideal, catalog=catalog, stack=args.stack)
+    stack = get_stack(args.stack)  # without --stack: the default stack's KV rule
     rows = []
     for tp, batch, prompt, output in itertools.product(args.tp, args.batch, args.prompt, args.output):
         engine = EngineSpec(model, hardware.spec, Parallelism(tp=tp, pp=args.pp, ep=args.ep),
@@ -70,23 +91,33 @@ def _estimate_rows(args) -> list[dict]:
             raise ConfigError(f"--batch and --prompt must be >= 1 (got batch {batch}, prompt {prompt})")
         if model.encoder and output > 0:
             output = 0  # encoders produce no tokens: the estimate is one forward pass
-        fp = check_fits(engine, hardware.params, batch, prompt, output)
-        est = static_batch(engine, hardware.params, batch, prompt, output)
-        rows.append({
+        fp = memory_footprint(engine, hardware.params, batch, prompt, output)
+        cap = kv_capacity(engine, hardware.params, stack)
+        waves = static_waves(engine, cap, batch, prompt, output)
+        row = {
             "model": model.name, "hardware": hardware.spec.name, "tp": tp, "pp": args.pp, "ep": args.ep,
             "batch": batch, "prompt": prompt, "output": output, "dtype": engine.weight_dtype,
             "kv_dtype": engine.kv_dtype, "ideal": bool(args.ideal), "calibrated": hardware.spec.calibrated,
-            "stack": hardware.spec.stack,
+            "stack": hardware.spec.stack, "kv_rule": stack.label,
             "efficiency_source": hardware.spec.provenance,
-            "prefill_s": float(est.prefill_s), "decode_step_s": float(est.decode_step_s),
-            "tpot_s": float(est.tpot_s), "e2e_s": float(est.e2e_s),
+            "fits": waves.fits, "waves": waves.full + (waves.last > 0), "per_wave": waves.per_wave,
+            "kv_blocks_per_device": cap.blocks, "missing_bytes_per_device": waves.missing_bytes,
             "weights_bytes": fp.weights * engine.devices, "weights_bytes_per_device": fp.weights,
             "kv_bytes_per_token": fp.kv_per_token, "kv_bytes_per_token_per_device": fp.kv_per_token_device,
             "kv_total_bytes": fp.kv_total * engine.devices, "memory_per_device_bytes": fp.required,
-            "device_capacity_bytes": fp.capacity,
-            "prefill_groups": group_bounds(engine, est.prefill),
-            "decode_groups": group_bounds(engine, est.decode_first) if output > 1 else {},
-        })
+            "device_capacity_bytes": fp.capacity, "impossible": None,
+        }
+        reason = _impossible(engine, stack, cap, waves, prompt, output)
+        if reason:
+            rows.append({**row, "impossible": reason, "prefill_s": None, "decode_step_s": None, "tpot_s": None,
+                         "e2e_s": None, "prefill_groups": {}, "decode_groups": {}})
+            continue
+        e2e, est = static_batch_in_waves(engine, hardware.params, waves.per_wave, waves.full, waves.last, prompt,
+                                         output)
+        rows.append({**row, "prefill_s": float(est.prefill_s), "decode_step_s": float(est.decode_step_s),
+                     "tpot_s": float(est.tpot_s), "e2e_s": float(e2e),
+                     "prefill_groups": group_bounds(engine, est.prefill),
+                     "decode_groups": group_bounds(engine, est.decode_first) if output > 1 else {}})
     return rows
 
 
@@ -96,6 +127,13 @@ def _print_table(rows: list[dict]) -> None:
         cal = row["efficiency_source"] if row["stack"] or not row["calibrated"] else "calibrated"
         print(f"{row['model']} on {row['hardware']} tp={row['tp']} pp={row['pp']}  batch={row['batch']} "
               f"prompt={row['prompt']} output={row['output']}  [{row['dtype']}; {cal}]")
+        if row["impossible"]:
+            print(f"  impossible: {row['impossible']}\n")
+            continue
+        if not row["fits"]:
+            print(f"  does not fit at once: {row['missing_bytes_per_device'] / gb:.2f} GB more KV per device than "
+                  f"the {row['kv_blocks_per_device']} blocks of {row['kv_rule']}'s rule; runs in {row['waves']} waves "
+                  f"of up to {row['per_wave']} requests (times below: the whole batch, first wave's prefill)")
         print(f"  prefill      {row['prefill_s'] * 1e3:10.2f} ms")
         print(f"  decode step  {row['decode_step_s'] * 1e3:10.2f} ms   (mean over output: {row['tpot_s'] * 1e3:.2f} ms)")
         print(f"  end to end   {row['e2e_s'] * 1e3:10.2f} ms")
@@ -161,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(json.dumps(row))
             else:
                 _print_table(rows)
+            if all(row["impossible"] for row in rows):
+                print(f"hermes-jax: error: no grid point can run ({len(rows)} impossible; reasons above)",
+                      file=sys.stderr)
+                return 1
         elif args.command == "simulate":
             from .sim.report import run_cli
             run_cli(args.scenario, args.out, args.overrides)

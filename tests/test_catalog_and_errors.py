@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from hermes_jax import ConfigError, EngineSpec, Parallelism, check_fits, get_hardware, get_model, load_hf_config
+from hermes_jax import (ConfigError, EngineSpec, Parallelism, check_fits, get_hardware, get_model, load_hf_config,
+                        static_batch)
 from hermes_jax.cli import main
 from hermes_jax.hardware.catalog import FILES, REQUIRED, Catalog, default_catalog, hardware_names
 from hermes_jax.models.config import model_names
@@ -124,5 +125,29 @@ def test_cli_grid_echoes_inputs_and_ideal_is_faster(capsys):
 def test_cli_errors_exit_2_with_message(capsys):
     assert main(["estimate", "--model", "nope"]) == 2
     assert "known models" in capsys.readouterr().err
-    assert main(["estimate", "--tp", "1"]) == 2
-    assert "missing" in capsys.readouterr().err
+    assert main(["estimate", "--tp", "1"]) == 1  # Llama-2-70B on one H100: every grid point impossible
+    out = capsys.readouterr()
+    assert "no grid point can run" in out.err and "impossible: weights 138.0 GB" in out.out
+
+
+def test_cli_grid_never_aborts_points_run_in_waves_or_say_why_not(capsys):
+    """One grid with a point that fits, one that runs in waves of what the KV cache holds and one
+    that cannot run: exit 0, every point reported, waves costed as whole waves plus the partial one."""
+    argv = ["estimate", "--model", "llama-2-70b", "--hardware", "a100-80gb", "--tp", "1,2", "--batch", "1,64",
+            "--prompt", "2048", "--output", "64", "--stack", "vllm", "--json"]
+    assert main(argv) == 0
+    rows = {(r["tp"], r["batch"]): r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert len(rows) == 4
+    assert rows[(1, 1)]["impossible"] and rows[(1, 1)]["e2e_s"] is None
+    fits, waved = rows[(2, 1)], rows[(2, 64)]
+    assert fits["fits"] and fits["waves"] == 1 and fits["missing_bytes_per_device"] == 0
+    assert not waved["fits"] and waved["waves"] > 1 and waved["missing_bytes_per_device"] > 0
+    per_wave = waved["per_wave"]
+    full, last = divmod(64, per_wave)
+    assert waved["waves"] == full + (last > 0)
+    hw = get_hardware("a100-80gb", stack="vllm")
+    engine = EngineSpec(get_model("llama-2-70b"), hw.spec, Parallelism(tp=2))
+    expected = full * float(static_batch(engine, hw.params, per_wave, 2048, 64).e2e_s)
+    if last:
+        expected += float(static_batch(engine, hw.params, last, 2048, 64).e2e_s)
+    assert waved["e2e_s"] == pytest.approx(expected, rel=1e-6)

@@ -15,12 +15,11 @@ import numpy as np
 import pandas as pd
 
 from ..engine import EngineSpec
-from ..estimate import static_batch
 from ..hardware.catalog import SystemSpec
 from ..hardware.params import HardwareParams
 from ..models.config import get_model
 from ..models.operators import Parallelism
-from ..stacks.kv import kv_capacity, static_waves
+from ..stacks.kv import kv_capacity, static_batch_in_waves, static_waves
 from ..stacks.profile import StackProfile
 
 
@@ -70,11 +69,7 @@ class StaticBatchTable:
         """(latency_s, ttft_s) per kept row (order of ``rows[keep]``), differentiable in ``params``."""
         lat, ttft, index = [], [], []
         for g in self.groups:
-            wave = static_batch(g.engine, params, g.per_wave, g.prompt, g.output)
-            latency = g.full * wave.e2e_s
-            if g.last.any():  # a partial last wave only where some batch does not fit at once
-                rest = static_batch(g.engine, params, np.maximum(g.last, 1.0), g.prompt, g.output)
-                latency = latency + jnp.where(g.last > 0, rest.e2e_s, 0.0)
+            latency, wave = static_batch_in_waves(g.engine, params, g.per_wave, g.full, g.last, g.prompt, g.output)
             lat.append(latency)
             # The first wave's prefill gives the first token of the requests in it.
             ttft.append(wave.prefill_s)

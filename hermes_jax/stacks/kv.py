@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 
 from ..engine import EngineSpec
-from ..estimate import activation_bytes
+from ..estimate import StaticBatchEstimate, activation_bytes, static_batch
 from ..hardware.params import HardwareParams
 from ..models.operators import kv_bytes_per_token_per_device, weight_bytes_per_device
 from .profile import StackProfile
@@ -63,3 +64,17 @@ def static_waves(engine: EngineSpec, cap: KVCapacity, batch: int, prompt: int, o
     if per_wave == 0:
         return Waves(False, 0, 0, 0, missing)
     return Waves(False, per_wave, batch // per_wave, batch % per_wave, missing)
+
+
+def static_batch_in_waves(engine: EngineSpec, hw: HardwareParams, per_wave, full, last, prompt, output
+                          ) -> tuple[jnp.ndarray, StaticBatchEstimate]:
+    """(end-to-end seconds, estimate of one full wave) of a static batch run as ``full`` waves of
+    ``per_wave`` requests then one of ``last`` (arrays broadcast; differentiable in ``hw``). The
+    first token of the first wave's requests comes with its prefill: ``wave.prefill_s``."""
+    last = np.asarray(last, float)
+    wave = static_batch(engine, hw, per_wave, prompt, output)
+    e2e = np.asarray(full, float) * wave.e2e_s
+    if np.any(last > 0):  # a partial last wave only where some batch does not fit at once
+        rest = static_batch(engine, hw, np.maximum(last, 1.0), prompt, output)
+        e2e = e2e + jnp.where(last > 0, rest.e2e_s, 0.0)
+    return e2e, wave
