@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", metavar="DIR", help="directory for summary.json, requests.csv, timeseries.csv, PNGs")
     sim.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario field, e.g. client.chat.arrival.rate_per_s=8 (repeatable)")
+    sim.add_argument("--stack", default=None, help="serving stack of every engine that names none itself "
+                     "(its efficiencies, overheads and KV rule); default: the catalog's values")
+    sim.add_argument("--stack-file", metavar="PATH", help="TOML defining your own stack(s)")
     return parser
 
 
@@ -205,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         elif args.command == "simulate":
             from .sim.report import run_cli
-            run_cli(args.scenario, args.out, args.overrides)
+            if args.stack_file:
+                defined = load_stack_file(args.stack_file)
+                if not args.stack and len(defined) == 1:
+                    args.stack = defined[0]
+            run_cli(args.scenario, args.out, args.overrides, args.stack)
     except ConfigError as exc:
         print(f"hermes-jax: error: {exc}", file=sys.stderr)
         return 2

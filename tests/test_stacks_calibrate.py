@@ -141,3 +141,30 @@ def test_fit_flags_what_the_data_cannot_identify(synthetic_table):
                          steps=60, polish_steps=30, bounds={"host_overhead_per_seq_s": Bound(1e-9, 1e-2)},
                          priors={"memory_efficiency": Prior(0.6, 1.0)})
     assert any("not identified" in w and "host_overhead" in w for w in res.warnings)
+
+
+def test_scenario_engines_take_a_stack_with_its_kv_rule(tmp_path):
+    """``stack = "..."`` on an engine (or --stack for every engine without one) applies the stack's
+    values and, unless the engine sizes its cache itself, the stack's KV rule; bad names point at
+    the engine and field."""
+    from hermes_jax.sim.build import build_group
+    from hermes_jax.sim.scenario import load_scenario
+
+    path = tmp_path / "s.toml"
+    path.write_text('[simulation]\ndt_s = 0.01\nhorizon_s = 1\n\n'
+                    '[[engine]]\nname = "own"\nmodel = "llama-2-7b"\nhardware = "a100-80gb"\nstack = "sarathi-2024"\n\n'
+                    '[[engine]]\nname = "plain"\nmodel = "llama-2-7b"\nhardware = "a100-80gb"\nkv_fraction = 0.8\n\n'
+                    '[[client]]\nname = "c"\nengine = "own"\narrival = { process = "poisson", rate_per_s = 1.0 }\n'
+                    'input_tokens = { dist = "fixed", value = 64 }\noutput_tokens = { dist = "fixed", value = 8 }\n')
+    scenario = load_scenario(path, stack="vllm")
+    own, plain = scenario.engine("own"), scenario.engine("plain")
+    assert (own.stack, own.kv_from_stack) == ("sarathi-2024", True)
+    assert (plain.stack, plain.kv_from_stack) == ("vllm", False)  # sizes its own cache: kv_fraction
+    group = build_group(own)
+    hw = get_hardware("a100-80gb", stack="sarathi-2024")
+    for name in ("memory_efficiency", "kernel_overhead_s", "host_overhead_per_seq_s"):
+        assert float(group.replica_hw[0].log[name]) == pytest.approx(float(hw.params.log[name]))
+    assert group.replica_kv[0] == kv_capacity(group.spec, hw.params, get_stack("sarathi-2024")).blocks
+    assert load_scenario(path).engine("plain").stack == ""
+    with pytest.raises(ConfigError, match=r"s\.toml.*own.*stack.*unknown stack 'nope'"):
+        load_scenario(path, ["engine.own.stack=nope"])

@@ -30,7 +30,7 @@ def engine_usage(scenario, ts: pd.DataFrame) -> dict:
         energy = cost = busy_total = 0.0
         for replica, name in enumerate(names):
             busy_s = float(part[part.replica == replica].busy.sum() * dt)
-            p = get_hardware(name, **engine.hardware_overrides).params   # as the engine runs
+            p = get_hardware(name, **engine.hardware_kwargs()).params   # as the engine runs
             energy += devices * (float(p.power_idle_w) * horizon + float(p.power_max_w - p.power_idle_w) * busy_s)
             cost += devices * float(p.price_per_hour) * horizon / 3600.0
             busy_total += busy_s

@@ -59,7 +59,18 @@ class EngineGroup:
 
 def kv_capacity_blocks(spec: EngineSpec, params: HardwareParams, entry: Engine, hardware: str) -> int:
     """KV blocks per replica: the usable share of device memory minus weights and the activation
-    reserve, divided by the KV bytes of one block (per device, since KV is sharded like the heads)."""
+    reserve, divided by the KV bytes of one block (per device, since KV is sharded like the heads).
+    An engine whose stack sizes its cache uses that stack's rule (``stacks.kv.kv_capacity``)."""
+    if entry.kv_from_stack:
+        from ..stacks import get_stack
+        from ..stacks.kv import kv_capacity
+        cap = kv_capacity(spec, params, get_stack(entry.stack))
+        if cap.blocks == 0:
+            raise ConfigError(f"{spec.model.name} on {hardware} (tp={entry.tp}, pp={entry.pp}) leaves no room for a KV "
+                              f"cache under {entry.stack}'s rule: {cap.free_bytes / 1e9:.2f} GB free per device after "
+                              f"weights {cap.weights_bytes / 1e9:.1f} GB and profiling activations "
+                              f"{cap.activation_bytes / 1e9:.1f} GB. Raise tp/pp or use a smaller dtype.")
+        return cap.blocks
     capacity = float(np.exp(np.asarray(params.log["hbm_capacity"])))
     weights = weight_bytes_per_device(spec.model, spec.parallel, spec.weight_dtype)
     free = capacity * entry.kv_fraction - weights - entry.activation_reserve_gb * 1e9
@@ -75,7 +86,7 @@ def kv_capacity_blocks(spec: EngineSpec, params: HardwareParams, entry: Engine, 
 def build_group(entry: Engine) -> EngineGroup:
     names = entry.hardware if isinstance(entry.hardware, tuple) else (entry.hardware,) * entry.replicas
     try:
-        parts = {n: get_hardware(n, **entry.hardware_overrides) for n in dict.fromkeys(names)}
+        parts = {n: get_hardware(n, **entry.hardware_kwargs()) for n in dict.fromkeys(names)}
         specs = {n: EngineSpec(get_model(entry.model), hw.spec, Parallelism(tp=entry.tp, pp=entry.pp),
                                weight_dtype=entry.dtype, kv_dtype=entry.kv_dtype) for n, hw in parts.items()}
         spec = specs[names[0]]

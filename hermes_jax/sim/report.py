@@ -122,9 +122,9 @@ def write_outputs(results: Results, out: Path) -> list[Path]:
     return paths
 
 
-def run_cli(scenario_path: str | None, out: str | None, overrides: list[str]) -> None:
+def run_cli(scenario_path: str | None, out: str | None, overrides: list[str], stack: str | None = None) -> None:
     path = scenario_path or DEFAULT_SCENARIO
-    scenario = load_scenario(path, overrides)
+    scenario = load_scenario(path, overrides, stack)
     start = time.perf_counter()
     print(f"simulating {path} (horizon {scenario.simulation.horizon_s:g} s, dt {scenario.simulation.dt_s:g} s) ...",
           flush=True)

@@ -123,10 +123,20 @@ class Engine:
     router: str = "round_robin"
     queue_order: str = "fcfs"      # or "priority": clients' priority (smaller first), then arrival
     hardware_overrides: dict = field(default_factory=dict)
+    # Serving stack whose fitted efficiencies and overheads apply ("": the catalog's values). Unless the
+    # engine sets kv_fraction, activation_reserve_gb or block_size itself, the stack's KV rule sizes the
+    # cache too (kv_from_stack).
+    stack: str = ""
+    kv_from_stack: bool = False
 
     FIELDS = ("name", "model", "hardware", "dtype", "kv_dtype", "tp", "pp", "replicas", "scheduler", "max_batch_size",
               "max_batch_tokens", "block_size", "kv_fraction", "activation_reserve_gb", "preemption", "swap_space_gb",
-              "router", "queue_order", "hardware_overrides")
+              "router", "queue_order", "hardware_overrides", "stack")
+    KV_RULE_FIELDS = ("kv_fraction", "activation_reserve_gb", "block_size")
+
+    def hardware_kwargs(self) -> dict:
+        """Keyword arguments of ``get_hardware`` for this engine's replicas."""
+        return {**({"stack": self.stack} if self.stack else {}), **self.hardware_overrides}
 
     @staticmethod
     def parse(data: dict, index: int, where: _Where) -> "Engine":
@@ -146,6 +156,19 @@ class Engine:
             hardware = tuple(hardware)
         elif not isinstance(hardware, str):
             raise where.error("engine", index, name, "hardware", "required (a catalog name, or a list of one per replica)")
+        stack = data.get("stack", "")
+        kv_from_stack = False
+        if stack:
+            from ..stacks import get_stack
+            try:
+                profile = get_stack(stack) if isinstance(stack, str) else None
+            except ConfigError as exc:
+                raise where.error("engine", index, name, "stack", str(exc)) from None
+            if profile is None:
+                raise where.error("engine", index, name, "stack", f"expected a stack name, got {stack!r}")
+            kv_from_stack = not any(k in data for k in Engine.KV_RULE_FIELDS)
+            if kv_from_stack:
+                data = {**data, "block_size": profile.kv.block_size}
         ints = {k: _positive(where, "engine", index, name, data, k, getattr(Engine, k), integer=True)
                 for k in ("tp", "pp", "replicas", "max_batch_size", "max_batch_tokens", "block_size")}
         fraction = _positive(where, "engine", index, name, data, "kv_fraction", 0.9)
@@ -160,7 +183,8 @@ class Engine:
                       swap_space_gb=_positive(where, "engine", index, name, data, "swap_space_gb", 4.0),
                       router=_choice(where, "engine", index, name, data, "router", ROUTERS, "round_robin"),
                       queue_order=_choice(where, "engine", index, name, data, "queue_order", QUEUE_ORDERS, "fcfs"),
-                      hardware_overrides=dict(data.get("hardware_overrides", {})))
+                      hardware_overrides=dict(data.get("hardware_overrides", {})), stack=stack,
+                      kv_from_stack=kv_from_stack)
 
 
 @dataclass(frozen=True)
@@ -346,10 +370,15 @@ def parse_scenario(data: dict, path: Path | None = None) -> Scenario:
                     resources)
 
 
-def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
+def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = (), stack: str | None = None) -> Scenario:
+    """Read a scenario file, apply ``--set`` overrides; ``stack`` is the serving stack of every engine
+    that names none itself."""
     path = Path(path)
     try:
-        return parse_scenario(override(load_toml(path), overrides), path)
+        data = override(load_toml(path), overrides)
+        if stack:
+            data["engine"] = [{"stack": stack, **e} if isinstance(e, dict) else e for e in data.get("engine", [])]
+        return parse_scenario(data, path)
     except ConfigError as exc:
         if not overrides:
             raise
