@@ -187,7 +187,78 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--stack", default=None, help="serving stack of every engine that names none itself "
                      "(its efficiencies, overheads and KV rule); default: the catalog's values")
     sim.add_argument("--stack-file", metavar="PATH", help="TOML defining your own stack(s)")
+    cal = sub.add_parser("calibrate", help="fit a serving stack's parameters on a device to measured static-batch runs",
+                         description="Fit a stack on one device to static-batch tables (LLM-Inference-Bench or a CSV "
+                                     "with model,hardware,tp,batch,input,output,latency_s[,ttft_s,stack]); write a "
+                                     "stack file (--stack-file), a Markdown + JSON report and a residual plot.")
+    cal.add_argument("data", nargs="+", help="measurement table(s)")
+    cal.add_argument("--device", required=True, help="catalog device whose rows to fit")
+    cal.add_argument("--stack", default="vllm", help="stack to fit (rows with another stack are left out; default vllm)")
+    cal.add_argument("--start", default=None, help="stack whose values the fit starts from (default sarathi-2024)")
+    cal.add_argument("--params", default=None, help="comma list of parameters to fit (default: the stack set, "
+                     "see hermes_jax.calibrate.static_fit.DEFAULT_NAMES)")
+    cal.add_argument("--bound", action="append", default=[], metavar="NAME=LO:HI", help="bounds (natural units)")
+    cal.add_argument("--prior", action="append", default=[], metavar="NAME=VALUE:SD",
+                     help="log-normal prior: value (natural units) and sd in e-folds")
+    cal.add_argument("--loss", default="huber", choices=["huber", "log", "relative"], help="loss of the fit")
+    cal.add_argument("--hold-out", action="append", default=[], metavar="COLUMN=V1,V2",
+                     help="hold out rows whose column has one of these values, e.g. model=qwen2-7b")
+    cal.add_argument("--test-fraction", type=float, default=0.0, help="hold out a random share of rows instead")
+    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--steps", type=int, default=300, help="Adam steps before the L-BFGS polish")
+    cal.add_argument("--polish", type=int, default=100, help="L-BFGS steps")
+    cal.add_argument("--bootstrap", type=int, default=0, help="bootstrap refits to check the Laplace intervals")
+    cal.add_argument("--out", default="calibration-out", help="directory for the report and stack file")
     return parser
+
+
+def _pairs(items: list[str], flag: str, parse) -> dict:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[name.strip()] = parse(value)
+        except ValueError:
+            raise ConfigError(f"{flag} {item!r}: expected {flag[2:].upper().replace('-', '_')} as NAME=...") from None
+    return out
+
+
+def _calibrate(args) -> None:
+    import pandas as pd
+
+    from .calibrate.fit import LOSSES, Bound, Prior
+    from .calibrate.readers import read_static_batch
+    from .calibrate.static_fit import DEFAULT_NAMES, DEFAULT_START, calibrate_static
+
+    def interval(text):
+        lo, hi = text.split(":")
+        return Bound(float(lo), float(hi))
+
+    def prior(text):
+        value, sd = text.split(":")
+        return Prior(float(value), float(sd))
+
+    bounds = _pairs(args.bound, "--bound", interval)
+    priors = _pairs(args.prior, "--prior", prior)
+    held_out = _pairs(args.hold_out, "--hold-out", lambda v: [x.strip() for x in v.split(",") if x.strip()])
+    tables = [read_static_batch(p) for p in args.data]
+    for path, t in zip(args.data, tables):
+        print(f"{path}: {t.summary()}")
+    rows = pd.concat([t.rows for t in tables], ignore_index=True)
+    rows = rows[(rows["stack"] == args.stack) | (rows["stack"] == "")]
+    names = [n.strip() for n in args.params.split(",")] if args.params else list(DEFAULT_NAMES)
+    result = calibrate_static(rows, args.device, args.stack, names=names, start=args.start or DEFAULT_START,
+                              bounds=bounds, priors=priors, loss=LOSSES[args.loss](), held_out=held_out,
+                              test_fraction=args.test_fraction, seed=args.seed, steps=args.steps,
+                              polish_steps=args.polish, bootstrap=args.bootstrap, data_files=args.data,
+                              progress=lambda msg: print(f"  {msg}", flush=True))
+    print(result.errors().to_string(index=False))
+    for w in result.fit.warnings:
+        print("warning:", w)
+    for p in result.write(args.out):
+        print(f"wrote {p}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"hermes-jax: error: no grid point can run ({len(rows)} impossible; reasons above)",
                       file=sys.stderr)
                 return 1
+        elif args.command == "calibrate":
+            _calibrate(args)
         elif args.command == "simulate":
             from .sim.report import run_cli
             if args.stack_file:

@@ -248,8 +248,15 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
         i += k
     info = jac.T @ jac / s2 + np.diag(precision)
     evals, evecs = np.linalg.eigh(info)
-    cov = (evecs / np.maximum(evals, 1e-300)) @ evecs.T
+    # A numerically null direction (the data do not see it at all) would swamp every variance through
+    # round-off loadings: keep it out of the covariance and make only the parameters it really mixes
+    # (loading > 0.05) unbounded.
+    null = evals <= max(float(evals.max()), 1e-300) * 1e-12
+    keep = ~null
+    cov = (evecs[:, keep] / evals[keep]) @ evecs[:, keep].T
     sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    for vec in evecs[:, null].T:
+        sd[np.abs(vec) > 0.05] = np.inf
     warnings, eigen = [], []
     for lam, vec in zip(evals, evecs.T):
         direction_sd = 1.0 / np.sqrt(max(lam, 1e-300))

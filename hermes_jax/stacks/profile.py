@@ -134,3 +134,33 @@ def profiles_from_toml(path: str | Path) -> dict[str, StackProfile]:
         except ConfigError as exc:
             raise ConfigError(f"{path}:{line} {exc}") from None
     return out
+
+
+def _toml_scalar(value) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_scalar(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return f"{float(value):.6g}"
+
+
+def profiles_to_toml(profiles: Mapping[str, StackProfile], header: str = "") -> str:
+    """The TOML text ``profiles_from_toml`` reads back: headers, KV rules, device values, provenance."""
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()] + ([""] if header else [])
+    for name, p in profiles.items():
+        kv = ", ".join(f"{k} = {_toml_scalar(getattr(p.kv, k))}" for k in KVSizing.__dataclass_fields__)
+        lines += [f'["{name}"]', f"version = {_toml_scalar(p.version)}", f"description = {_toml_scalar(p.description)}",
+                  f"overflow = {_toml_scalar(p.overflow)}", f"kv = {{ {kv} }}", ""]
+        for device, values in p.devices.items():
+            lines.append(f'["{name}".devices."{device}"]')
+            lines += [f"{k} = {_toml_scalar(v)}" for k, v in values.items()]
+            prov = p.provenance.get(device, {})
+            if prov:
+                lines.append(f'["{name}".devices."{device}".provenance]')
+                lines += [f"{k} = {_toml_scalar(v)}" for k, v in prov.items()]
+            lines.append("")
+    return "\n".join(lines)

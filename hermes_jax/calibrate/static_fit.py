@@ -1,0 +1,246 @@
+"""Calibrate a serving stack on one device to a static-batch table: split, fit, score, write.
+
+``calibrate_static`` is what ``hermes-jax calibrate`` and ``calibration/fit_stacks.py`` call. It
+starts from a stack's values on the device (by default the kernel-level fits of ``sarathi-2024``:
+kernel physics from measured kernels, so the end-to-end fit only has to find what the serving
+software adds), holds out rows by any column (by model, for transfer to models the fit never saw),
+fits the named parameters on the rest and scores both parts before and after. The result carries
+the fitted stack profile with provenance (data files and their SHA-256, split, loss, date,
+versions) and writes a Markdown + JSON report with a residual plot.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigError
+from ..hardware.catalog import get_hardware
+from ..stacks import STACK_FIELDS, StackProfile, get_stack
+from .fit import Bound, FitResult, LogHuber, Prior, fit_parameters
+from .static import StaticBatchTable
+
+DEFAULT_START = "sarathi-2024"
+DEFAULT_NAMES = ("memory_efficiency", "memory_half_bytes", "attention_efficiency", "attention_memory_efficiency",
+                 "kernel_overhead_s", "host_overhead_s", "host_overhead_per_seq_s",
+                 "host_overhead_per_context_token_s", "host_overhead_multiworker_s", "collective_overhead_s")
+"""What a serving stack changes over measured kernels: streaming and attention efficiencies, fixed
+per-kernel, per-collective and host costs (CUDA graphs, the scheduler, block tables)."""
+DEFAULT_BOUNDS = {"host_overhead_per_context_token_s": Bound(1e-11, 1e-6),
+                  # relative to memory_efficiency: KV reads may stream as well as the weights or better
+                  "attention_memory_efficiency": Bound(0.05, 1.4)}
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import jax
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        own = version("hermes_jax")
+    except PackageNotFoundError:
+        own = "source"
+    return {"hermes_jax": own, "jax": jax.__version__, "numpy": np.__version__, "pandas": pd.__version__}
+
+
+def _mape(pred, meas) -> float:
+    return float(np.mean(np.abs(np.asarray(pred) / np.asarray(meas) - 1.0)) * 100) if len(meas) else float("nan")
+
+
+@dataclass
+class StaticCalibration:
+    """A fitted stack on one device, with its scores on train and held-out rows."""
+
+    stack: str
+    device: str
+    start: str
+    fit: FitResult
+    rows: pd.DataFrame            # kept rows + split ("train" / "test"), before, after (s)
+    impossible: pd.DataFrame      # rows that cannot run at all, with the reason
+    split: str
+    loss: str
+    data: list[dict]              # {"path", "sha256"}
+    date: str
+    seconds: float
+    versions: dict[str, str] = field(default_factory=_versions)
+
+    def errors(self, by: Sequence[str] = ()) -> pd.DataFrame:
+        """MAPE (%) of end-to-end latency before and after the fit, per split (and ``by`` groups)."""
+        keys = ["split", *by]
+        out = []
+        for key, g in self.rows.groupby(keys, sort=True):
+            key = key if isinstance(key, tuple) else (key,)
+            out.append({**dict(zip(keys, key)), "points": len(g), "mape_before_pct": _mape(g.before, g.latency_s),
+                        "mape_after_pct": _mape(g.after, g.latency_s),
+                        "median_ape_after_pct": float(np.median(np.abs(g.after / g.latency_s - 1)) * 100)})
+        return pd.DataFrame(out)
+
+    def values(self) -> dict:
+        """Every stack field of the fitted parameters (natural units): a self-contained profile."""
+        nat = self.fit.params.natural()
+        return {k: (np.asarray(nat[k]).tolist() if np.ndim(nat[k]) else float(nat[k])) for k in STACK_FIELDS}
+
+    def provenance(self) -> dict[str, str]:
+        err = self.errors().set_index("split")
+        score = "; ".join(f"{s} {int(err.loc[s, 'points'])} rows MAPE {err.loc[s, 'mape_after_pct']:.1f}%"
+                          for s in err.index)
+        intervals = ", ".join(f"{n} [{float(np.ravel(lo)[0]):.3g}, {float(np.ravel(hi)[0]):.3g}]"
+                              for n, (lo, hi) in self.fit.interval90.items())
+        return {"summary": f"fitted to {len(self.rows)} static-batch runs ({score}) on {self.date}",
+                "data": "; ".join(f"{d['path']} sha256 {d['sha256'][:16]}" for d in self.data),
+                "split": self.split, "loss": f"{self.loss}: {self.fit.loss:.5g}", "start": self.start,
+                "fitted": ", ".join(self.fit.names), "interval90": intervals, "date": self.date,
+                "versions": ", ".join(f"{k} {v}" for k, v in self.versions.items()),
+                "warnings": " | ".join(self.fit.warnings) or "none"}
+
+    def profile(self, base: StackProfile | None = None) -> StackProfile:
+        """The stack with this device's fitted values (other devices of ``base`` kept)."""
+        base = base or get_stack(self.stack)
+        return StackProfile(base.name, base.version, base.description, base.overflow, base.kv,
+                            {**base.devices, self.device: self.values()},
+                            {**base.provenance, self.device: self.provenance()}, base.origin)
+
+    def to_json(self) -> dict:
+        return {"stack": self.stack, "device": self.device, "start": self.start, "split": self.split,
+                "loss": self.loss, "final_loss": self.fit.loss, "rows": len(self.rows),
+                "impossible": self.impossible.to_dict("records"), "data": self.data, "date": self.date,
+                "seconds": self.seconds, "versions": self.versions,
+                "errors": self.errors().to_dict("records"),
+                "errors_by_group": self.errors(["model", "tp"]).to_dict("records"),
+                "parameters": {n: {"value": np.asarray(self.fit.value(n)).tolist(),
+                                   "sd_log": np.asarray(self.fit.sd_log[n]).tolist(),
+                                   "interval90": [np.asarray(v).tolist() for v in self.fit.interval90[n]],
+                                   "bootstrap_sd_log": (np.asarray(self.fit.bootstrap_sd[n]).tolist()
+                                                        if n in self.fit.bootstrap_sd else None)}
+                               for n in self.fit.names},
+                "warnings": self.fit.warnings}
+
+    def to_markdown(self) -> str:
+        lines = [f"# {self.stack} on {self.device}: static-batch calibration ({self.date})", "",
+                 f"Start: `{self.start}` values. Split: {self.split}. Loss: {self.loss}. "
+                 f"{len(self.rows)} rows, {len(self.impossible)} impossible. Fit took {self.seconds:.0f} s.", "",
+                 "| split | points | MAPE before | MAPE after | median APE after |", "|---|---|---|---|---|"]
+        for r in self.errors().itertuples():
+            lines.append(f"| {r.split} | {r.points} | {r.mape_before_pct:.1f}% | {r.mape_after_pct:.1f}% | "
+                         f"{r.median_ape_after_pct:.1f}% |")
+        lines += ["", "| split | model | tp | points | MAPE before | MAPE after |", "|---|---|---|---|---|---|"]
+        for r in self.errors(["model", "tp"]).itertuples():
+            lines.append(f"| {r.split} | {r.model} | {r.tp} | {r.points} | {r.mape_before_pct:.1f}% | "
+                         f"{r.mape_after_pct:.1f}% |")
+        boot = bool(self.fit.bootstrap_sd)
+        lines += ["", "| parameter | value | 90% interval (Laplace) | sd (e-folds) |" + (" bootstrap sd |" if boot else ""),
+                  "|---|---|---|---|" + ("---|" if boot else "")]
+        for n in self.fit.names:
+            lo, hi = self.fit.interval90[n]
+            row = (f"| {n} | {float(np.ravel(self.fit.value(n))[0]):.4g} | [{float(np.ravel(lo)[0]):.3g}, "
+                   f"{float(np.ravel(hi)[0]):.3g}] | {float(np.ravel(self.fit.sd_log[n])[0]):.3g} |")
+            if boot:
+                row += f" {float(np.ravel(self.fit.bootstrap_sd[n])[0]):.3g} |"
+            lines.append(row)
+        lines += ["", "Warnings:" if self.fit.warnings else "No identifiability warnings."]
+        lines += [f"- {w}" for w in self.fit.warnings]
+        if len(self.impossible):
+            lines += ["", "Impossible rows:"] + [f"- {r.source}:{r.line}: {r.reason}" for r in self.impossible.itertuples()]
+        return "\n".join(lines) + "\n"
+
+    def plot(self, path: str | Path) -> Path:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+        for ax, col, title in ((axes[0], "before", f"before ({self.start})"), (axes[1], "after", "after fit")):
+            for split, marker in (("train", "o"), ("test", "x")):
+                g = self.rows[self.rows.split == split]
+                ax.scatter(g.latency_s, g[col] / g.latency_s - 1, marker=marker, s=14, label=split)
+            ax.axhline(0, color="k", lw=0.8)
+            ax.set_xscale("log")
+            ax.set_xlabel("measured end-to-end latency (s)")
+            ax.set_title(title)
+        axes[0].set_ylabel("predicted / measured - 1")
+        axes[1].legend()
+        fig.suptitle(f"{self.stack} on {self.device}")
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
+    def write(self, out: str | Path, stem: str | None = None) -> list[Path]:
+        """report Markdown, JSON and residual PNG, plus a stack file ``--stack-file`` reads."""
+        from ..stacks.profile import profiles_to_toml
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = stem or f"{self.stack}-{self.device}"
+        paths = [out / f"{stem}.md", out / f"{stem}.json", out / f"{stem}.toml"]
+        paths[0].write_text(self.to_markdown())
+        paths[1].write_text(json.dumps(self.to_json(), indent=1, default=float))
+        paths[2].write_text(profiles_to_toml({self.stack: self.profile()},
+                                             f"Written by hermes-jax calibrate ({self.date}); use with --stack-file."))
+        paths.append(self.plot(out / f"{stem}.png"))
+        return paths
+
+
+def split_rows(rows: pd.DataFrame, held_out: Mapping[str, Sequence] | None = None, test_fraction: float = 0.0,
+               seed: int = 0) -> tuple[np.ndarray, str]:
+    """Boolean test mask and its description: rows whose ``column`` is in the held-out values, or a
+    random ``test_fraction`` of rows."""
+    if held_out:
+        test = np.zeros(len(rows), bool)
+        parts = []
+        for column, values in held_out.items():
+            if column not in rows.columns:
+                raise ConfigError(f"split column {column!r} not in the data; columns: {', '.join(rows.columns)}")
+            values = [type(rows[column].iloc[0])(v) if len(rows) else v for v in values]
+            test |= rows[column].isin(values).to_numpy()
+            parts.append(f"{column} in {{{', '.join(map(str, values))}}}")
+        return test, "held out: " + " or ".join(parts)
+    if test_fraction > 0:
+        rng = np.random.default_rng(seed)
+        test = rng.random(len(rows)) < test_fraction
+        return test, f"held out: random {test_fraction:.0%} of rows (seed {seed})"
+    return np.zeros(len(rows), bool), "no held-out rows (all fitted)"
+
+
+def calibrate_static(rows: pd.DataFrame, device: str, stack: str, *, names: Sequence[str] = DEFAULT_NAMES,
+                     start: str = DEFAULT_START, bounds: Mapping[str, Bound] | None = None,
+                     priors: Mapping[str, Prior] | None = None, loss=None,
+                     held_out: Mapping[str, Sequence] | None = None, test_fraction: float = 0.0, seed: int = 0,
+                     steps: int = 300, polish_steps: int = 100, bootstrap: int = 0, dtype=None,
+                     data_files: Sequence[str | Path] = (), progress: Callable[[str], None] | None = None
+                     ) -> StaticCalibration:
+    """Fit ``names`` of ``stack`` on ``device`` to the static-batch ``rows`` (canonical columns of
+    ``readers.read_static_batch``, all on this device); see the module doc."""
+    import jax.numpy as jnp
+    rows = rows[rows.hardware == device].reset_index(drop=True)
+    if rows.empty:
+        raise ConfigError(f"no rows on {device} to calibrate {stack} with")
+    hw = get_hardware(device, stack=start, dtype=dtype or jnp.float64)
+    loss = loss or LogHuber()
+    t0 = time.perf_counter()
+    table = StaticBatchTable(rows, hw.spec, hw.params, get_stack(stack))
+    kept = rows[table.keep].reset_index(drop=True)
+    meas, _ = table.measured()
+    test, split = split_rows(kept, held_out, test_fraction, seed)
+    if test.all():
+        raise ConfigError(f"the split ({split}) leaves no rows to fit on {device}")
+    train = ~test
+    result = fit_parameters(lambda p: (table.predict(p)[0][train], meas[train]), hw.params, list(names),
+                            bounds={**DEFAULT_BOUNDS, **(bounds or {})}, priors=priors, loss=loss, steps=steps,
+                            polish_steps=polish_steps, bootstrap=bootstrap, seed=seed, progress=progress)
+    kept = kept.assign(split=np.where(test, "test", "train"), before=np.asarray(table.predict(hw.params)[0]),
+                       after=np.asarray(table.predict(result.params)[0]))
+    impossible = rows.iloc[table.impossible.row].assign(reason=table.impossible.reason.to_numpy()) \
+        if len(table.impossible) else rows.iloc[:0].assign(reason=[])
+    data = [{"path": str(p), "sha256": file_sha256(p)} for p in data_files]
+    return StaticCalibration(stack, device, start, result, kept, impossible, split, loss.name, data,
+                             datetime.date.today().isoformat(), time.perf_counter() - t0)
