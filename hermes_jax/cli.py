@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--test-fraction", type=float, default=0.0, help="hold out a random share of rows instead")
     cal.add_argument("--seed", type=int, default=0)
     cal.add_argument("--steps", type=int, default=300, help="Adam steps before the L-BFGS polish")
-    cal.add_argument("--polish", type=int, default=100, help="L-BFGS steps")
+    cal.add_argument("--polish", type=int, default=60, help="Levenberg-Marquardt polish steps (at most)")
     cal.add_argument("--bootstrap", type=int, default=0, help="bootstrap refits to check the Laplace intervals")
     cal.add_argument("--out", default="calibration-out", help="directory for the report and stack file")
     return parser

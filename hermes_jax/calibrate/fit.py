@@ -106,6 +106,8 @@ class FitResult:
     n: int
     eigen: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # (sd along direction, loadings)
     bootstrap_sd: dict[str, np.ndarray] = field(default_factory=dict)
+    predicted_start: np.ndarray | None = None   # predictions at the start, every row (train and held out)
+    predicted: np.ndarray | None = None         # predictions at the optimum, every row
 
     def value(self, name: str) -> np.ndarray:
         return np.exp(self.theta[name])
@@ -143,11 +145,19 @@ def lbfgs_polish(fn: Callable, x, steps: int):
 
 def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Array]], params: HardwareParams,
                    names: list[str], *, bounds: Mapping[str, Bound] | None = None,
-                   priors: Mapping[str, Prior] | None = None, loss=None, steps: int = 600,
-                   learning_rate: float = 0.05, polish_steps: int = 200, unidentified_sd: float = 0.5,
-                   bootstrap: int = 0, seed: int = 0, progress: Callable[[str], None] | None = None) -> FitResult:
+                   priors: Mapping[str, Prior] | None = None, loss=None, steps: int = 300,
+                   learning_rate: float = 0.05, polish_steps: int = 60, unidentified_sd: float = 0.5,
+                   bootstrap: int = 0, seed: int = 0, train=None,
+                   progress: Callable[[str], None] | None = None) -> FitResult:
     """Fit the log values of ``names``; ``predict(params)`` returns (pred, meas) arrays (meas may be a
-    constant). Returns the fitted params with intervals and warnings (module doc)."""
+    constant). ``train`` (boolean per row) fits on those rows only; predictions at the start and the
+    optimum are returned for every row. Returns the fitted params with intervals and warnings.
+
+    One function is compiled: the residuals and their forward-mode Jacobian in the unconstrained
+    variables (p tangents, cheap for the few parameters a calibration fits). Adam (optax) runs on the
+    gradient built from it; the polish is Levenberg-Marquardt on the iteratively reweighted
+    Gauss-Newton system of the robust loss, which converges in a few dozen steps where a first-order
+    method stalls; the Laplace covariance and the bootstrap reuse the same compiled Jacobian."""
     loss = loss or LogHuber()
     bounds, priors = dict(bounds or {}), dict(priors or {})
     for name in [*names, *bounds, *priors]:
@@ -161,106 +171,145 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
             raise ConfigError(f"fit parameter {n} starts at 0 (switched off): give it Bound(lower, upper) "
                               "so the fit knows the range to search")
     lims = {n: _log_bounds(n, np.where(np.isfinite(start[n]), start[n], 0.0), bounds.get(n)) for n in names}
-
-    def to_theta(z):
-        return {n: lims[n][0] + (lims[n][1] - lims[n][0]) * jax.nn.sigmoid(z[n]) for n in names}
-
-    def to_z(theta):
-        out = {}
-        for n in names:
-            lo, hi = lims[n]
-            t = np.asarray(theta[n], np.float64)
-            t = np.where(np.isfinite(t), t, (lo + hi) / 2)  # switched off: start mid-range (log scale)
-            u = np.clip((t - lo) / (hi - lo), 1e-6, 1 - 1e-6)
-            out[n] = jnp.asarray(np.log(u / (1 - u)), dtype=dtype)
-        return out
-
-    def residuals(theta):
-        pred, meas = predict(HardwareParams({**params.log, **theta}))
-        return loss.residual(pred, meas)
-
-    def prior_term(theta):
-        return sum(0.5 * jnp.sum(((theta[n] - np.log(p.value)) / p.sd_log) ** 2) for n, p in priors.items() if n in theta)
-
-    n_rows = int(np.size(residuals({n: jnp.asarray(start[n], dtype) for n in names})))
-
-    def objective(z, weights):
-        theta = to_theta(z)
-        r = residuals(theta)
-        # The prior is on the scale of a sum of squared log errors at the loss's own scale.
-        return jnp.sum(weights * loss.rho(r)) / jnp.sum(weights) + prior_term(theta) / n_rows * 0.05 ** 2
-
-    opt = optax.adam(learning_rate)
-
-    @jax.jit
-    def adam_step(z, state, weights):
-        value, grads = jax.value_and_grad(objective)(z, weights)
-        updates, state = opt.update(grads, state)
-        return optax.apply_updates(z, updates), state, value
-
-
-    def optimise(z, weights, adam_steps):
-        state = opt.init(z)
-        for i in range(adam_steps):
-            z, state, value = adam_step(z, state, weights)
-            if progress and (i + 1) % max(adam_steps // 5, 1) == 0:
-                progress(f"adam {i + 1}/{adam_steps}: loss {float(value):.5g}")
-        z = lbfgs_polish(lambda x: objective(x, weights), z, polish_steps)
-        return z, float(objective(z, weights))
-
-    ones = jnp.ones((n_rows,), dtype)
-    z, final = optimise(to_z(start), ones, steps)
-    theta = {n: np.asarray(v, np.float64) for n, v in to_theta(z).items()}
-    if progress:
-        progress(f"polished: loss {final:.5g}")
-
-    # Laplace / Gauss-Newton covariance in the flat vector of log values.
-    sizes = [int(np.size(theta[n])) for n in names]
-    flat = np.concatenate([np.ravel(theta[n]) for n in names])
-
-    def unflat(v):
-        out, i = {}, 0
-        for n, k in zip(names, sizes):
-            out[n] = v[i:i + k].reshape(np.shape(theta[n])).astype(dtype)
-            i += k
-        return out
-
-    jac = np.asarray(jax.jacfwd(lambda v: residuals(unflat(v)))(jnp.asarray(flat)), np.float64).reshape(n_rows, -1)
-    r = np.asarray(residuals(unflat(jnp.asarray(flat))), np.float64).ravel()
-    dof = max(n_rows - flat.size, 1)
-    s2 = max(float(r @ r) / dof, 1e-12)
-    precision = np.zeros(flat.size)
+    shapes = [np.shape(start[n]) for n in names]
+    sizes = [int(np.prod(sh)) for sh in shapes]
+    labels = [n if np.ndim(start[n]) == 0 else f"{n}[{j}]" for n, k in zip(names, sizes) for j in range(k)]
+    lo = np.concatenate([np.ravel(np.broadcast_to(lims[n][0], sh)) for n, sh in zip(names, shapes)])
+    hi = np.concatenate([np.ravel(np.broadcast_to(lims[n][1], sh)) for n, sh in zip(names, shapes)])
+    prior_mu = np.zeros(lo.size)
+    prior_prec = np.zeros(lo.size)
     i = 0
     for n, k in zip(names, sizes):
         if n in priors:
-            precision[i:i + k] = 1.0 / priors[n].sd_log ** 2
+            prior_mu[i:i + k], prior_prec[i:i + k] = np.log(priors[n].value), 1.0 / priors[n].sd_log ** 2
         i += k
-    labels = [n if k == 1 else f"{n}[{j}]" for n, k in zip(names, sizes) for j in range(k)]
-    at_bound = []
-    i = 0
-    for n, k in zip(names, sizes):
-        lo, hi = (np.ravel(np.broadcast_to(x, np.shape(theta[n]))) for x in lims[n])
-        v = np.ravel(theta[n])
-        for j in range(k):
-            if min(v[j] - lo[j], hi[j] - v[j]) < 1e-3:
-                at_bound.append(labels[i + j])
-                precision[i + j] = max(precision[i + j], 1e12)  # fixed by its bound, not the data
-        i += k
-    info = jac.T @ jac / s2 + np.diag(precision)
-    evals, evecs = np.linalg.eigh(info)
+
+    def unflat(theta_flat):
+        out, i = {}, 0
+        for n, sh, k in zip(names, shapes, sizes):
+            out[n] = jnp.reshape(theta_flat[i:i + k], sh).astype(dtype)
+            i += k
+        return out
+
+    def sigmoid(z):
+        return 0.5 * (1.0 + np.tanh(0.5 * z))  # no overflow far out
+
+    def theta_of(z):
+        return lo + (hi - lo) * sigmoid(z)
+
+    def z_of(theta):
+        t = np.where(np.isfinite(theta), theta, (lo + hi) / 2)  # switched off: start mid-range (log scale)
+        u = np.clip((t - lo) / (hi - lo), 1e-6, 1 - 1e-6)
+        return np.log(u / (1 - u))
+
+    lo_j, hi_j = jnp.asarray(lo, dtype), jnp.asarray(hi, dtype)
+
+    def residual_z(z):
+        theta = lo_j + (hi_j - lo_j) * jax.nn.sigmoid(z)
+        pred, meas = predict(HardwareParams({**params.log, **unflat(theta)}))
+        r = loss.residual(pred, meas)
+        return r, (r, pred)
+
+    jac_fn = jax.jit(jax.jacfwd(residual_z, has_aux=True))
+    psi_fn = jax.jit(jax.vmap(jax.grad(loss.rho)))
+
+    def evaluate(z):
+        jac, (r, pred) = jac_fn(jnp.asarray(z, dtype))
+        return np.asarray(r, np.float64), np.asarray(jac, np.float64).reshape(np.size(r), -1), np.asarray(pred)
+
+    z0 = z_of(np.concatenate([np.ravel(start[n]) for n in names]))
+    r0, _, pred0 = evaluate(z0)
+    n_all = r0.size
+    mask = np.ones(n_all, bool) if train is None else np.asarray(train, bool)
+    if mask.shape != (n_all,) or not mask.any():
+        raise ConfigError(f"train mask must be {n_all} booleans with at least one True")
+    n_rows = int(mask.sum())
+    prior_scale = 0.05 ** 2 / n_rows  # the prior on the scale of a sum of squared log errors at the loss's scale
+
+    def rho(r):
+        return np.asarray(loss.rho(jnp.asarray(r)), np.float64)
+
+    def psi(r):
+        return np.asarray(psi_fn(jnp.asarray(r, dtype)), np.float64)
+
+    def objective(z, r, w):
+        theta = theta_of(z)
+        return float(np.sum(w * rho(r)) / np.sum(w) + prior_scale * 0.5 * np.sum(prior_prec * (theta - prior_mu) ** 2))
+
+    def gradient(z, r, jac, w):
+        dtheta = (hi - lo) * (s := sigmoid(z)) * (1 - s)
+        g = jac.T @ (w * psi(r)) / np.sum(w) + prior_scale * prior_prec * (theta_of(z) - prior_mu) * dtheta
+        return g, dtheta
+
+    def polish(z, w, iterations):
+        r, jac, _ = evaluate(z)
+        value, mu = objective(z, r, w), 1e-3
+        for _ in range(iterations):
+            g, dtheta = gradient(z, r, jac, w)
+            safe = np.where(np.abs(r) > 1e-12, r, 1e-12)
+            omega = np.where(np.abs(r) > 1e-12, psi(r) / safe, psi(np.full_like(r, 1e-6)) / 1e-6)
+            h = (jac * (w * omega)[:, None]).T @ jac / np.sum(w) + np.diag(prior_scale * prior_prec * dtheta ** 2)
+            improved = False
+            for _ in range(8):
+                step = np.linalg.solve(h + mu * (np.diag(np.diag(h)) + 1e-12 * np.eye(len(z))), -g)
+                r_new, jac_new, _ = evaluate(z + step)
+                new = objective(z + step, r_new, w)
+                if np.isfinite(new) and new <= value:
+                    converged = value - new < 1e-12 * max(abs(value), 1e-30)
+                    z, r, jac, value, mu, improved = z + step, r_new, jac_new, new, max(mu / 3, 1e-9), True
+                    break
+                mu *= 4
+            if not improved or converged:
+                break
+        return z, value
+
+    def optimise(z, w, adam_steps):
+        opt = optax.adam(learning_rate)
+        state = opt.init(jnp.asarray(z))
+        for i in range(adam_steps):
+            r, jac, _ = evaluate(z)
+            g, _ = gradient(z, r, jac, w)
+            updates, state = opt.update(jnp.asarray(g), state)
+            z = z + np.asarray(updates, np.float64)
+            if progress and (i + 1) % max(adam_steps // 5, 1) == 0:
+                progress(f"adam {i + 1}/{adam_steps}: loss {objective(z, r, w):.5g}")
+        return polish(z, w, polish_steps)
+
+    weights = mask.astype(np.float64)
+    z, final = optimise(z0, weights, steps)
+    if progress:
+        progress(f"polished: loss {final:.5g}")
+    r_all, jac_z, pred_all = evaluate(z)
+    flat = theta_of(z)
+    theta = {n: v.astype(np.float64) for n, v in zip(names, np.split(flat, np.cumsum(sizes)[:-1]))}
+    theta = {n: theta[n].reshape(sh) for n, sh in zip(names, shapes)}
+
+    # Laplace / Gauss-Newton covariance in the flat vector of log values (chain rule through the map).
+    dtheta = (hi - lo) * (s := sigmoid(z)) * (1 - s)
+    at_bound = [labels[j] for j in range(flat.size) if min(flat[j] - lo[j], hi[j] - flat[j]) < 1e-3]
+    jac = jac_z[mask] / np.where(dtheta > 1e-300, dtheta, np.inf)
+    r = r_all[mask]
+    dof = max(n_rows - flat.size, 1)
+    s2 = max(float(r @ r) / dof, 1e-12)
+    # A parameter at its bound is fixed by the bound, not the data: it leaves the information matrix.
+    free = np.array([labels[j] not in at_bound for j in range(flat.size)])
+    info = jac[:, free].T @ jac[:, free] / s2 + np.diag(prior_prec[free])
+    sd = np.zeros(flat.size)
+    evals, evecs = np.linalg.eigh(info) if free.any() else (np.zeros(0), np.zeros((0, 0)))
     # A numerically null direction (the data do not see it at all) would swamp every variance through
     # round-off loadings: keep it out of the covariance and make only the parameters it really mixes
     # (loading > 0.05) unbounded.
-    null = evals <= max(float(evals.max()), 1e-300) * 1e-12
-    keep = ~null
-    cov = (evecs[:, keep] / evals[keep]) @ evecs[:, keep].T
-    sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    null = evals <= max(float(evals.max(initial=0.0)), 1e-300) * 1e-12
+    cov = (evecs[:, ~null] / evals[~null]) @ evecs[:, ~null].T
+    sd_free = np.sqrt(np.maximum(np.diag(cov), 0.0))
     for vec in evecs[:, null].T:
-        sd[np.abs(vec) > 0.05] = np.inf
+        sd_free[np.abs(vec) > 0.05] = np.inf
+    sd[free] = sd_free
+    free_labels = [lab for lab, f in zip(labels, free) if f]
     warnings, eigen = [], []
     for lam, vec in zip(evals, evecs.T):
         direction_sd = 1.0 / np.sqrt(max(lam, 1e-300))
-        loads = {labels[j]: float(vec[j]) for j in np.argsort(-np.abs(vec)) if abs(vec[j]) > 0.25}
+        loads = {free_labels[j]: float(vec[j]) for j in np.argsort(-np.abs(vec)) if abs(vec[j]) > 0.25}
         eigen.append((float(direction_sd), loads))
         if direction_sd > unidentified_sd:
             combo = " ".join(f"{'+' if v > 0 else '-'}{abs(v):.2f}*ln({k})" for k, v in loads.items())
@@ -275,18 +324,21 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
         out_theta[n] = theta[n]
         out_sd[n] = sd[i:i + k].reshape(shape)
         spread = np.minimum(Z90 * out_sd[n], 300.0)  # an unidentified direction: huge, not inf
-        out_iv[n] = (np.exp(theta[n] - spread), np.exp(theta[n] + spread))
+        lo_n, hi_n = (np.reshape(b[i:i + k], shape) for b in (lo, hi))
+        out_iv[n] = (np.exp(np.maximum(theta[n] - spread, lo_n)), np.exp(np.minimum(theta[n] + spread, hi_n)))
         i += k
     result = FitResult(HardwareParams({**params.log, **{n: jnp.asarray(theta[n], dtype) for n in names}}), list(names),
                        out_theta, out_sd, out_iv, at_bound, warnings, final, float(np.sqrt(np.mean(r ** 2))), n_rows,
-                       eigen)
+                       eigen, predicted_start=pred0, predicted=pred_all)
     if bootstrap:
         rng = np.random.default_rng(seed)
         draws = []
+        rows = np.flatnonzero(mask)
         for b in range(bootstrap):
-            w = jnp.asarray(rng.multinomial(n_rows, np.full(n_rows, 1.0 / n_rows)), dtype)
-            zb, _ = optimise(z, w, 0)
-            draws.append(np.concatenate([np.ravel(np.asarray(v)) for v in to_theta(zb).values()]))
+            w = np.zeros(n_all)
+            w[rows] = rng.multinomial(n_rows, np.full(n_rows, 1.0 / n_rows))
+            zb, _ = polish(z, w, polish_steps)
+            draws.append(theta_of(zb))
             if progress:
                 progress(f"bootstrap {b + 1}/{bootstrap}")
         bsd = np.std(np.array(draws), axis=0, ddof=1)

@@ -215,16 +215,15 @@ def calibrate_static(rows: pd.DataFrame, device: str, stack: str, *, names: Sequ
                      start: str = DEFAULT_START, bounds: Mapping[str, Bound] | None = None,
                      priors: Mapping[str, Prior] | None = None, loss=None,
                      held_out: Mapping[str, Sequence] | None = None, test_fraction: float = 0.0, seed: int = 0,
-                     steps: int = 300, polish_steps: int = 100, bootstrap: int = 0, dtype=None,
+                     steps: int = 300, polish_steps: int = 60, bootstrap: int = 0, dtype=None,
                      data_files: Sequence[str | Path] = (), progress: Callable[[str], None] | None = None
                      ) -> StaticCalibration:
     """Fit ``names`` of ``stack`` on ``device`` to the static-batch ``rows`` (canonical columns of
     ``readers.read_static_batch``, all on this device); see the module doc."""
-    import jax.numpy as jnp
     rows = rows[rows.hardware == device].reset_index(drop=True)
     if rows.empty:
         raise ConfigError(f"no rows on {device} to calibrate {stack} with")
-    hw = get_hardware(device, stack=start, dtype=dtype or jnp.float64)
+    hw = get_hardware(device, stack=start, dtype=dtype)
     loss = loss or LogHuber()
     t0 = time.perf_counter()
     table = StaticBatchTable(rows, hw.spec, hw.params, get_stack(stack))
@@ -234,11 +233,10 @@ def calibrate_static(rows: pd.DataFrame, device: str, stack: str, *, names: Sequ
     if test.all():
         raise ConfigError(f"the split ({split}) leaves no rows to fit on {device}")
     train = ~test
-    result = fit_parameters(lambda p: (table.predict(p)[0][train], meas[train]), hw.params, list(names),
+    result = fit_parameters(lambda p: (table.predict(p)[0], meas), hw.params, list(names), train=train,
                             bounds={**DEFAULT_BOUNDS, **(bounds or {})}, priors=priors, loss=loss, steps=steps,
                             polish_steps=polish_steps, bootstrap=bootstrap, seed=seed, progress=progress)
-    kept = kept.assign(split=np.where(test, "test", "train"), before=np.asarray(table.predict(hw.params)[0]),
-                       after=np.asarray(table.predict(result.params)[0]))
+    kept = kept.assign(split=np.where(test, "test", "train"), before=result.predicted_start, after=result.predicted)
     impossible = rows.iloc[table.impossible.row].assign(reason=table.impossible.reason.to_numpy()) \
         if len(table.impossible) else rows.iloc[:0].assign(reason=[])
     data = [{"path": str(p), "sha256": file_sha256(p)} for p in data_files]
