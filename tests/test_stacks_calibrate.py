@@ -97,7 +97,7 @@ def synthetic_table():
     grid = [(b, n) for b in (1, 8, 32, 128) for n in (128, 512, 2048)]
     rows = pd.DataFrame({"model": "llama-3.1-8b", "hardware": "h100-sxm", "stack": "", "tp": 1,
                          "batch": [b for b, _ in grid], "input": [n for _, n in grid], "output": [n for _, n in grid],
-                         "latency_s": 1.0, "ttft_s": np.nan})
+                         "latency_s": np.nan, "ttft_s": np.nan})  # to be predicted
     table = StaticBatchTable(rows, hw.spec, hw.params, get_stack("vllm"))
     clean = np.asarray(table.predict(truth)[0])
     return hw, truth, table, clean
@@ -106,29 +106,31 @@ def synthetic_table():
 NAMES = ["memory_efficiency", "host_overhead_s", "compute_efficiency"]
 
 
-def _fit(hw, table, meas):
-    return fit_parameters(lambda p: (table.predict(p)[0], meas), hw.params, NAMES, loss=LogSquared(),
-                          steps=400, polish_steps=200)
-
-
 def test_fit_recovers_identifiable_parameters_with_covering_intervals(synthetic_table):
+    """Exact data: the truth within 2%. Twenty seeds of 0.5% noise: every estimate within 4 sd and
+    each parameter's 90% interval covering the truth in 15-20 of 20 (one compile serves all fits)."""
     hw, truth, table, clean = synthetic_table
-    exact = _fit(hw, table, clean)
+
+    def predict(p):
+        return table.predict(p)[0], clean
+
+    def fit(meas):
+        return fit_parameters(predict, hw.params, NAMES, loss=LogSquared(), steps=150, polish_steps=40, measured=meas)
+
+    exact = fit(clean)
     for n in NAMES:
         assert exact.value(n) == pytest.approx(float(getattr(truth, n)), rel=0.02), n
-    # With 0.5% noise on 12 rows the data pin memory efficiency to ~1.5% and compute efficiency to
-    # ~6%: the intervals must say so and cover the truth about 90% of the time.
-    covered = 0
-    for seed in range(3):
+    covered = dict.fromkeys(NAMES, 0)
+    for seed in range(20):
         meas = clean * np.exp(np.random.default_rng(seed).normal(0, 0.005, clean.shape))
-        res = _fit(hw, table, meas)
+        res = fit(meas)
         for n in NAMES:
             err = abs(np.log(res.value(n) / float(getattr(truth, n))))
             assert err < 4 * float(res.sd_log[n]), n
             lo, hi = res.interval90[n]
-            covered += int(lo <= float(getattr(truth, n)) <= hi)
+            covered[n] += int(lo <= float(getattr(truth, n)) <= hi)
         assert not res.warnings
-    assert covered >= 6  # of 9
+    assert all(15 <= c <= 20 for c in covered.values()), covered
 
 
 def test_fit_flags_what_the_data_cannot_identify(synthetic_table):
@@ -168,3 +170,18 @@ def test_scenario_engines_take_a_stack_with_its_kv_rule(tmp_path):
     assert load_scenario(path).engine("plain").stack == ""
     with pytest.raises(ConfigError, match=r"s\.toml.*own.*stack.*unknown stack 'nope'"):
         load_scenario(path, ["engine.own.stack=nope"])
+
+
+def test_runs_that_cannot_have_done_the_work_are_reported_not_fitted():
+    """A latency below the datasheet floor (weights read once per decode step at peak bandwidth) and a
+    prompt + output beyond the model's context are impossible rows with their reason."""
+    hw = get_hardware("h100-sxm")
+    rows = pd.DataFrame({"model": ["llama-7b", "llama-7b", "llama-7b"], "hardware": "h100-sxm", "stack": "vllm",
+                         "tp": 1, "batch": 16, "input": [1024, 512, 1024], "output": [1024, 512, 1024],
+                         "latency_s": [0.8, 6.0, 20.0], "ttft_s": np.nan, "source": "t.csv", "line": [2, 3, 4]})
+    rows.loc[2, ["input", "output"]] = 2048
+    table = StaticBatchTable(rows, hw.spec, hw.params, get_stack("vllm"))
+    reasons = dict(zip(table.impossible.row, table.impossible.reason))
+    assert set(reasons) == {0, 2}
+    assert "below the datasheet floor" in reasons[0] and "exceeds llama-7b's context of 2048" in reasons[2]
+    assert table.keep.tolist() == [False, True, False]

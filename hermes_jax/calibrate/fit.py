@@ -14,6 +14,7 @@ parameter pinned at a bound; ``bootstrap`` refits on resampled rows to check the
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -143,18 +144,49 @@ def lbfgs_polish(fn: Callable, x, steps: int):
     return x
 
 
+_JACOBIANS: dict = {}
+
+
+def _compiled_jacobian(predict, params, names, lo, hi, unflat):
+    """jit(jacfwd) of the predictions in the unconstrained variables, kept per (predict, params,
+    names, bounds); the cache holds its keys' objects, so their ids stay unique."""
+    dtype = params.log[names[0]].dtype
+    key = (id(predict), id(params), names, lo.tobytes(), hi.tobytes(), str(dtype))
+    if key not in _JACOBIANS:
+        lo_j, hi_j = jnp.asarray(lo, dtype), jnp.asarray(hi, dtype)
+
+        def predictions(z):
+            theta = lo_j + (hi_j - lo_j) * jax.nn.sigmoid(z)
+            pred, meas = predict(HardwareParams({**params.log, **unflat(theta)}))
+            return pred, (pred, jnp.broadcast_to(meas, jnp.shape(pred)))
+
+        while len(_JACOBIANS) >= 8:
+            _JACOBIANS.pop(next(iter(_JACOBIANS)))
+        _JACOBIANS[key] = (predict, params, jax.jit(jax.jacfwd(predictions, has_aux=True)))
+    return _JACOBIANS[key][2]
+
+
+@functools.lru_cache(maxsize=32)
+def _loss_derivatives(loss):
+    """(d residual / d prediction, d rho / d residual), elementwise and compiled once per loss."""
+    return (jax.jit(jax.vmap(jax.grad(loss.residual, argnums=0))), jax.jit(jax.vmap(jax.grad(loss.rho))))
+
+
 def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Array]], params: HardwareParams,
                    names: list[str], *, bounds: Mapping[str, Bound] | None = None,
                    priors: Mapping[str, Prior] | None = None, loss=None, steps: int = 300,
                    learning_rate: float = 0.05, polish_steps: int = 60, unidentified_sd: float = 0.5,
-                   bootstrap: int = 0, seed: int = 0, train=None,
+                   bootstrap: int = 0, seed: int = 0, train=None, measured=None,
                    progress: Callable[[str], None] | None = None) -> FitResult:
     """Fit the log values of ``names``; ``predict(params)`` returns (pred, meas) arrays (meas may be a
     constant). ``train`` (boolean per row) fits on those rows only; predictions at the start and the
-    optimum are returned for every row. Returns the fitted params with intervals and warnings.
+    optimum are returned for every row; ``measured`` replaces the measurements ``predict`` returns.
+    Returns the fitted params with intervals and warnings.
 
-    One function is compiled: the residuals and their forward-mode Jacobian in the unconstrained
-    variables (p tangents, cheap for the few parameters a calibration fits). Adam (optax) runs on the
+    One function is compiled: the predictions and their forward-mode Jacobian in the unconstrained
+    variables (p tangents, cheap for the few parameters a calibration fits). It is kept for the same
+    ``predict``, start ``params``, names and bounds, so refits to other measurements (seeds, noise,
+    cross-validation) do not compile again. Adam (optax) runs on the
     gradient built from it; the polish is Levenberg-Marquardt on the iteratively reweighted
     Gauss-Newton system of the robust loss, which converges in a few dozen steps where a first-order
     method stalls; the Laplace covariance and the bootstrap reuse the same compiled Jacobian."""
@@ -199,23 +231,20 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
 
     def z_of(theta):
         t = np.where(np.isfinite(theta), theta, (lo + hi) / 2)  # switched off: start mid-range (log scale)
-        u = np.clip((t - lo) / (hi - lo), 1e-6, 1 - 1e-6)
+        # A start on a bound would sit where the map is flat and gradients vanish: start just inside.
+        u = np.clip((t - lo) / (hi - lo), 0.02, 0.98)
         return np.log(u / (1 - u))
 
-    lo_j, hi_j = jnp.asarray(lo, dtype), jnp.asarray(hi, dtype)
-
-    def residual_z(z):
-        theta = lo_j + (hi_j - lo_j) * jax.nn.sigmoid(z)
-        pred, meas = predict(HardwareParams({**params.log, **unflat(theta)}))
-        r = loss.residual(pred, meas)
-        return r, (r, pred)
-
-    jac_fn = jax.jit(jax.jacfwd(residual_z, has_aux=True))
-    psi_fn = jax.jit(jax.vmap(jax.grad(loss.rho)))
+    jac_fn = _compiled_jacobian(predict, params, tuple(names), lo, hi, unflat)
+    dres_fn, psi_fn = _loss_derivatives(loss)
 
     def evaluate(z):
-        jac, (r, pred) = jac_fn(jnp.asarray(z, dtype))
-        return np.asarray(r, np.float64), np.asarray(jac, np.float64).reshape(np.size(r), -1), np.asarray(pred)
+        jac, (pred, meas) = jac_fn(jnp.asarray(z, dtype))
+        pred = np.asarray(pred, np.float64)
+        meas = np.broadcast_to(np.asarray(meas if measured is None else measured, np.float64), pred.shape)
+        r = np.asarray(loss.residual(pred, meas), np.float64)
+        dr = np.asarray(dres_fn(jnp.asarray(pred), jnp.asarray(meas)), np.float64)
+        return r, dr[:, None] * np.asarray(jac, np.float64).reshape(pred.size, -1), pred
 
     z0 = z_of(np.concatenate([np.ravel(start[n]) for n in names]))
     r0, _, pred0 = evaluate(z0)

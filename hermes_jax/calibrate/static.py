@@ -16,8 +16,8 @@ import pandas as pd
 
 from ..engine import EngineSpec
 from ..hardware.catalog import SystemSpec
-from ..hardware.params import HardwareParams
-from ..models.config import get_model
+from ..hardware.params import DTYPES, HardwareParams
+from ..models.config import dtype_bytes, get_model
 from ..models.operators import Parallelism
 from ..stacks.kv import kv_capacity, static_batch_in_waves, static_waves
 from ..stacks.profile import StackProfile
@@ -34,6 +34,23 @@ class _Group:
     output: np.ndarray
 
 
+def datasheet_floor(engine: EngineSpec, params: HardwareParams, batch, prompt, output) -> np.ndarray:
+    """Seconds no run of a static batch can beat on this device: every decode step reads the weights
+    it needs once (MoE: the shared part and top-k of the routed experts) at datasheet bandwidth, and
+    the prefill does its weight FLOP at datasheet peak. A measurement below it did not do the work."""
+    m, par = engine.model, engine.parallel
+    nat = {k: np.asarray(np.exp(np.asarray(params.log[k], np.float64))) for k in ("hbm_bandwidth", "peak_flops")}
+    active = float(m.param_count())
+    if m.is_moe:
+        _, routed = m.moe_layer_params()
+        active -= m.moe_layers * routed * (1.0 - m.top_k / m.experts)
+    devices = par.tp * par.pp
+    step_bytes = active * dtype_bytes(engine.weight_dtype) / devices
+    peak = float(nat["peak_flops"][DTYPES.index(engine.compute_dtype)])
+    return (np.maximum(output - 1, 0) * step_bytes / float(nat["hbm_bandwidth"])
+            + 2.0 * active * batch * prompt / devices / peak)
+
+
 class StaticBatchTable:
     """Predict ``latency_s`` (and ``ttft_s``) of every row of a canonical table on one device."""
 
@@ -48,10 +65,24 @@ class StaticBatchTable:
             engine = EngineSpec(get_model(model_name), spec, Parallelism(tp=int(tp)), weight_dtype=dtype)
             cap = kv_capacity(engine, params, stack)
             waves = [static_waves(engine, cap, int(r.batch), int(r.input), int(r.output)) for r in g.itertuples()]
-            ok = np.array([w.per_wave > 0 for w in waves])
-            reason = ("weights and reserves leave no room for one request's KV cache" if cap.blocks == 0
-                      else f"one request needs more KV than the {cap.blocks} blocks")
-            impossible += [(pos, reason) for pos in g.index[~ok]]
+            floor = datasheet_floor(engine, params, g.batch.to_numpy(float), g.input.to_numpy(float),
+                                    g.output.to_numpy(float))
+            reasons = []
+            for w, r, f in zip(waves, g.itertuples(), floor):
+                if r.input + r.output > engine.model.max_context:
+                    reasons.append(f"prompt + output {r.input + r.output} exceeds {model_name}'s context of "
+                                   f"{engine.model.max_context}: the engine cannot have run it as stated")
+                elif w.per_wave == 0:
+                    reasons.append("weights and reserves leave no room for one request's KV cache" if cap.blocks == 0
+                                   else f"one request needs more KV than the {cap.blocks} blocks")
+                elif r.latency_s < f:
+                    reasons.append(f"measured {r.latency_s:.3g} s is below the datasheet floor {f:.3g} s (weights "
+                                   "read once per decode step, prefill FLOP at peak): the run cannot have done "
+                                   "this work")
+                else:
+                    reasons.append("")
+            ok = np.array([not r for r in reasons])
+            impossible += [(pos, r) for pos, r in zip(g.index, reasons) if r]
             keep[g.index[~ok]] = False
             g, waves = g[ok], [w for w, o in zip(waves, ok) if o]
             if g.empty:

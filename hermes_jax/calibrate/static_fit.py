@@ -43,6 +43,16 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def _display_path(path: str | Path) -> str:
+    """A data file as provenance names it: from its ``shared/data`` folder on where it lies in one
+    (the same on every machine), else as given."""
+    parts = Path(path).resolve().parts
+    for i in range(len(parts) - 1):
+        if parts[i:i + 2] == ("shared", "data"):
+            return "/".join(parts[i:])
+    return str(path)
+
+
 def _versions() -> dict[str, str]:
     import jax
     from importlib.metadata import PackageNotFoundError, version
@@ -239,6 +249,6 @@ def calibrate_static(rows: pd.DataFrame, device: str, stack: str, *, names: Sequ
     kept = kept.assign(split=np.where(test, "test", "train"), before=result.predicted_start, after=result.predicted)
     impossible = rows.iloc[table.impossible.row].assign(reason=table.impossible.reason.to_numpy()) \
         if len(table.impossible) else rows.iloc[:0].assign(reason=[])
-    data = [{"path": str(p), "sha256": file_sha256(p)} for p in data_files]
+    data = [{"path": _display_path(p), "sha256": file_sha256(p)} for p in data_files]
     return StaticCalibration(stack, device, start, result, kept, impossible, split, loss.name, data,
                              datetime.date.today().isoformat(), time.perf_counter() - t0)
