@@ -17,7 +17,7 @@ from .iteration import BOUNDS, operators
 from .kernels.roofline import RooflineOptions
 from .models.config import DTYPE_BYTES, get_model, load_hf_config
 from .models.operators import Parallelism
-from .stacks import get_stack, load_stack_file
+from .stacks import DEFAULT_STACK, get_stack, load_stack_file
 from .stacks.kv import kv_capacity, static_batch_in_waves, static_waves
 
 GROUP_ORDER = ("embedding", "norms", "projections", "attention", "mlp", "moe", "lm_head", "communication", "host")
@@ -77,11 +77,13 @@ def _estimate_rows(args) -> list[dict]:
             args.hardware = defined[0]
     if args.stack_file:
         defined = load_stack_file(args.stack_file)
-        if not args.stack and len(defined) == 1:
+        if args.stack == DEFAULT_STACK and len(defined) == 1:
             args.stack = defined[0]
+    if args.stack == "catalog":
+        args.stack = None
     model = load_hf_config(args.model_config) if args.model_config else get_model(args.model)
     hardware = get_hardware(args.hardware, ideal=args.ideal, catalog=catalog, stack=args.stack)
-    stack = get_stack(args.stack)  # without --stack: the default stack's KV rule
+    stack = get_stack(args.stack)  # --stack catalog: the default stack's KV rule
     rows = []
     for tp, batch, prompt, output in itertools.product(args.tp, args.batch, args.prompt, args.output):
         engine = EngineSpec(model, hardware.spec, Parallelism(tp=tp, pp=args.pp, ep=args.ep),
@@ -170,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--output", type=_int_list, default=[256], help="output tokens per request, comma list")
     est.add_argument("--dtype", default="bf16", choices=sorted(DTYPE_BYTES), help="weight dtype")
     est.add_argument("--kv-dtype", default=None, help="KV-cache dtype (default: from --dtype)")
-    est.add_argument("--stack", default=None, help="serving stack whose fitted efficiencies and overheads apply "
-                     "(vllm, trt-llm, deepspeed-mii, splitwise-2023, sarathi-2024; default: the catalog's values)")
+    est.add_argument("--stack", default=DEFAULT_STACK, help="serving stack whose fitted efficiencies, overheads "
+                     "and KV rule apply (vllm, trt-llm, deepspeed-mii, splitwise-2023, sarathi-2024, or 'catalog' for "
+                     f"the hardware catalog's own values; default {DEFAULT_STACK})")
     est.add_argument("--stack-file", metavar="PATH", help="TOML defining your own stack(s) (schema: "
                      "hermes_jax/stacks/data/stacks.toml)")
     est.add_argument("--ideal", action="store_true", help="pure datasheet roofline: efficiency 1, no overheads")
@@ -184,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", metavar="DIR", help="directory for summary.json, requests.csv, timeseries.csv, PNGs")
     sim.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario field, e.g. client.chat.arrival.rate_per_s=8 (repeatable)")
-    sim.add_argument("--stack", default=None, help="serving stack of every engine that names none itself "
-                     "(its efficiencies, overheads and KV rule); default: the catalog's values")
+    sim.add_argument("--stack", default=DEFAULT_STACK, help="serving stack of every engine that names none itself "
+                     f"(its efficiencies, overheads and KV rule; 'catalog': the catalog's values); default {DEFAULT_STACK}")
     sim.add_argument("--stack-file", metavar="PATH", help="TOML defining your own stack(s)")
     cal = sub.add_parser("calibrate", help="fit a serving stack's parameters on a device to measured static-batch runs",
                          description="Fit a stack on one device to static-batch tables (LLM-Inference-Bench or a CSV "
@@ -283,9 +286,9 @@ def main(argv: list[str] | None = None) -> int:
             from .sim.report import run_cli
             if args.stack_file:
                 defined = load_stack_file(args.stack_file)
-                if not args.stack and len(defined) == 1:
+                if args.stack == DEFAULT_STACK and len(defined) == 1:
                     args.stack = defined[0]
-            run_cli(args.scenario, args.out, args.overrides, args.stack)
+            run_cli(args.scenario, args.out, args.overrides, None if args.stack == "catalog" else args.stack)
     except ConfigError as exc:
         print(f"hermes-jax: error: {exc}", file=sys.stderr)
         return 2

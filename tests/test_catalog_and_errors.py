@@ -117,9 +117,14 @@ def test_cli_grid_echoes_inputs_and_ideal_is_faster(capsys):
         assert r["model"] == "llama-2-7b" and r["hardware"] == "a100-80gb" and r["tp"] == 1 and r["output"] == 16
     assert main(["estimate", "--model", "llama-2-7b", "--hardware", "a100-80gb", "--tp", "1", "--ideal", "--json"]) == 0
     ideal = json.loads(capsys.readouterr().out)
-    assert main(["estimate", "--model", "llama-2-7b", "--hardware", "a100-80gb", "--tp", "1", "--json"]) == 0
+    assert main(["estimate", "--model", "llama-2-7b", "--hardware", "a100-80gb", "--tp", "1", "--json",
+                 "--stack", "catalog"]) == 0
     real = json.loads(capsys.readouterr().out)
     assert ideal["e2e_s"] < real["e2e_s"] and real["calibrated"] and not ideal["calibrated"]
+    # the default is the vLLM stack; on the 80 GB A100 it takes the fit on the same die (40 GB)
+    assert main(["estimate", "--model", "llama-2-7b", "--hardware", "a100-80gb", "--tp", "1", "--json"]) == 0
+    default = json.loads(capsys.readouterr().out)
+    assert default["stack"] == "vllm" and "a100-40gb" in default["efficiency_source"]
 
 
 def test_cli_errors_exit_2_with_message(capsys):

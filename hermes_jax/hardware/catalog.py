@@ -211,6 +211,18 @@ def _efficiency(catalog: Catalog, name: str, entry: dict) -> tuple[dict, bool, s
     return values, calibrated, provenance
 
 
+def _same_die(catalog: Catalog, name: str) -> list[str]:
+    """Devices with the same chip as ``name``: the one its entry's ``efficiency_from`` names, then
+    those that name ``name`` or share that source (in catalog order)."""
+    source = catalog.get("device", name).get("efficiency_from")
+    out = [source] if source else []
+    for other in catalog.names("device"):
+        entry = catalog.get("device", other)
+        if other != name and other not in out and entry.get("efficiency_from") in {name, source} - {None}:
+            out.append(other)
+    return out
+
+
 def get_hardware(name: str, *, ideal: bool = False, catalog: Catalog | None = None, dtype=None,
                  stack=None, **overrides) -> Hardware:
     """Compose a device entry with its links, CPU and tiers into a ``Hardware``.
@@ -233,7 +245,7 @@ def get_hardware(name: str, *, ideal: bool = False, catalog: Catalog | None = No
     if stack is not None:
         from ..stacks import get_stack  # stacks read this catalog's overlay: import here, not at the top
         profile = get_stack(stack)
-        stack_values, provenance, calibrated = profile.values_for(name, device.get("efficiency_from"))
+        stack_values, provenance, calibrated = profile.values_for(name, _same_die(catalog, name))
         efficiency.update(stack_values)
         stack_name = profile.name
     if ideal:

@@ -5,8 +5,9 @@ one serving stack (vLLM, TensorRT-LLM, ...) reaches on it: the efficiency and ov
 ``HardwareParams`` (``hardware.params.EFFICIENCY_FIELDS`` and ``OVERHEAD_FIELDS``, plus the link
 latencies a collective library sees), how it sizes its KV cache, and what it does with a batch that
 does not fit. Values are keyed by (stack, device). Lookup for a device the stack has no fit for
-(``StackProfile.values_for``): the device named by the hardware entry's ``efficiency_from`` (same
-die, e.g. gh200 -> h100-sxm), then the stack's ``[STACK.devices.default]`` table, then the hardware
+(``StackProfile.values_for``): a device with the same die (the one its hardware entry's
+``efficiency_from`` names, e.g. gh200 -> h100-sxm, then those naming it or sharing it, e.g.
+a100-80gb -> a100-40gb, h200 -> h100-sxm), then the stack's ``[STACK.devices.default]`` table, then the hardware
 catalog's own values; the returned provenance says which one was used.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from ..errors import ConfigError
 from ..hardware.params import EFFICIENCY_FIELDS, FIELDS, OVERHEAD_FIELDS
@@ -62,13 +63,15 @@ class StackProfile:
     def label(self) -> str:
         return f"{self.name} {self.version}".strip()
 
-    def values_for(self, device: str, efficiency_from: str | None = None) -> tuple[dict, str, bool]:
-        """(values, provenance text, fitted on this device?) for ``device``; see the module doc."""
+    def values_for(self, device: str, same_die: str | Sequence[str] | None = None) -> tuple[dict, str, bool]:
+        """(values, provenance text, fitted on this device?) for ``device``; ``same_die`` names the
+        devices with the same chip, in order of preference; see the module doc."""
         if device in self.devices:
             return dict(self.devices[device]), self._describe(device), True
-        if efficiency_from and efficiency_from in self.devices:
-            return (dict(self.devices[efficiency_from]),
-                    f"{self.label} fitted on {efficiency_from} (no fit for {device}; same die)", False)
+        for other in ([same_die] if isinstance(same_die, str) else list(same_die or [])):
+            if other in self.devices:
+                return (dict(self.devices[other]),
+                        f"{self.label} fitted on {other} (no fit for {device}; same die)", False)
         if "default" in self.devices:
             return dict(self.devices["default"]), f"{self.label} default values (no fit for {device})", False
         return {}, f"{self.label} has no values for {device}: hardware catalog values", False
