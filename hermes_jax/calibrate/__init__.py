@@ -2,13 +2,20 @@
 
 - ``readers.read_static_batch``: LLM-Inference-Bench tables and a generic static-batch CSV;
 - ``static.StaticBatchTable``: differentiable predictions of such a table under a stack's KV rule;
-- ``fit.fit_parameters``: bounded, optionally prior-weighted fit in log space (Adam, then L-BFGS)
-  with Laplace intervals, identifiability warnings and an optional bootstrap.
+- ``fit.fit_parameters``: bounded, optionally prior-weighted fit in log space (Adam, then a
+  Levenberg-Marquardt polish) with Laplace intervals, identifiability warnings and a bootstrap;
+- ``static_fit.calibrate_static``: a stack on one device fitted to such a table, split by any
+  column, scored before and after, written as a stack file and a report;
+- ``traces.read_request_trace``: per-request measurements (AIPerf, vLLM benchmark_serving, LLMPerf,
+  CSV) into one frame.
 """
 
 from .fit import Bound, FitResult, LogHuber, LogSquared, Pinball, Prior, Relative, fit_parameters
 from .readers import StaticTable, read_static_batch
 from .static import StaticBatchTable
+from .static_fit import StaticCalibration, calibrate_static
+from .traces import RequestTrace, read_request_trace
 
 __all__ = ["Bound", "FitResult", "LogHuber", "LogSquared", "Pinball", "Prior", "Relative", "fit_parameters",
-           "StaticTable", "read_static_batch", "StaticBatchTable"]
+           "StaticTable", "read_static_batch", "StaticBatchTable", "StaticCalibration", "calibrate_static",
+           "RequestTrace", "read_request_trace"]

@@ -1,0 +1,66 @@
+"""Per-request trace readers: every format to one frame, failures kept with their reason, bad input
+named by file and record."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hermes_jax import ConfigError
+from hermes_jax.calibrate.traces import read_request_trace
+
+LLMPERF = Path(__file__).resolve().parents[2] / "shared" / "data" / "llmperf_leaderboard" / "raw_data" / "individual"
+
+
+def test_llmperf_records_all_accounted_for():
+    trace = read_request_trace(LLMPERF / "lepton_70b.json")
+    assert len(trace.rows) + len(trace.skipped) == 150
+    assert (trace.skipped.reason.str.startswith("error 429")).all()
+    assert trace.rows.input.eq(550).all() and (trace.rows.ttft_s < trace.rows.e2e_s).all()
+    assert "skipped 130: 130 error #" in trace.summary()
+
+
+def test_vllm_benchmark_serving_and_aiperf_agree_on_the_same_requests(tmp_path):
+    ttft, gaps = [0.1, 0.2], [[0.01, 0.02, 0.03], [0.02, 0.02]]
+    vllm = tmp_path / "vllm.json"
+    vllm.write_text(json.dumps({"input_lens": [100, 200], "output_lens": [4, 3], "ttfts": ttft, "itls": gaps,
+                                "errors": ["", ""], "request_rate": 2.0}))
+    aiperf = tmp_path / "profile_export.jsonl"
+    lines = []
+    for i in range(2):
+        e2e = ttft[i] + sum(gaps[i])
+        lines.append(json.dumps({"metadata": {"request_start_ns": int((5 + i * 0.5) * 1e9)},
+                                 "metrics": {"input_sequence_length": {"value": [100, 200][i], "unit": "tokens"},
+                                             "output_sequence_length": {"value": [4, 3][i], "unit": "tokens"},
+                                             "time_to_first_token": {"value": ttft[i] * 1e3, "unit": "ms"},
+                                             "request_latency": {"value": e2e * 1e3, "unit": "ms"},
+                                             "inter_token_latency": {"value": np.mean(gaps[i]) * 1e3, "unit": "ms"}},
+                                 "error": None}))
+    lines.append(json.dumps({"metadata": {"request_start_ns": int(7e9)}, "metrics": {"error_isl": {"value": 5}},
+                             "error": {"code": 500, "type": "InternalServerError", "message": "boom"}}))
+    aiperf.write_text("\n".join(lines) + "\n")
+    a, b = read_request_trace(vllm), read_request_trace(aiperf)
+    assert (a.format, b.format) == ("vllm-benchmark-serving", "aiperf")
+    for col in ("input", "output", "ttft_s", "e2e_s", "itl_s"):
+        np.testing.assert_allclose(a.rows[col], b.rows[col], rtol=1e-9)
+    np.testing.assert_allclose(b.rows.arrival_s, [0.0, 0.5])
+    assert b.skipped.reason.tolist() == ["InternalServerError 500: boom"] and b.skipped.record.tolist() == [3]
+
+
+def test_generic_csv_and_errors_name_file_and_record(tmp_path):
+    good = tmp_path / "t.csv"
+    good.write_text("arrival_s,input,output,ttft_s,e2e_s\n0.0,10,5,0.1,0.5\n1.5,20,5,0.2,0.7\n")
+    trace = read_request_trace(good)
+    assert trace.rows.arrival_s.tolist() == [0.0, 1.5] and np.isnan(trace.rows.itl_s).all()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("arrival_s,input,output,ttft_s,e2e_s\n0.0,10,5,0.1,0.5\n1.5,20,5,0.9,0.7\n")
+    with pytest.raises(ConfigError, match=r"bad.csv:3: ttft 0.9 s after the end 0.7 s"):
+        read_request_trace(bad)
+    text = tmp_path / "x.csv"
+    text.write_text("arrival_s,input,output,ttft_s,e2e_s\n0.0,ten,5,0.1,0.5\n")
+    with pytest.raises(ConfigError, match=r"x.csv:2 column 'input'"):
+        read_request_trace(text)
+    with pytest.raises(ConfigError, match=r"missing column\(s\) e2e_s"):
+        (tmp_path / "m.csv").write_text("arrival_s,input,output,ttft_s\n0,1,1,0.1\n")
+        read_request_trace(tmp_path / "m.csv")
