@@ -64,3 +64,15 @@ def test_generic_csv_and_errors_name_file_and_record(tmp_path):
     with pytest.raises(ConfigError, match=r"missing column\(s\) e2e_s"):
         (tmp_path / "m.csv").write_text("arrival_s,input,output,ttft_s\n0,1,1,0.1\n")
         read_request_trace(tmp_path / "m.csv")
+
+
+def test_trace_fit_needs_arrivals_and_summarises_like_the_simulator():
+    from hermes_jax.calibrate.trace_fit import TRACE_METRICS, calibrate_trace, measured_summaries
+
+    trace = read_request_trace(LLMPERF / "groq_70b.json")
+    with pytest.raises(ConfigError, match=r"groq_70b.json: the trace has no arrival times"):
+        calibrate_trace(trace, {"model": "llama-2-70b", "hardware": "h100-sxm", "tp": 8}, ["host_overhead_s"])
+    s = dict(zip(TRACE_METRICS, measured_summaries(trace)))
+    assert s["ttft_mean_s"] == pytest.approx(trace.rows.ttft_s.mean())
+    assert s["e2e_p50_s"] == pytest.approx(trace.rows.e2e_s.median(), rel=0.05)
+    assert s["ttft_p50_s"] < s["ttft_p90_s"]

@@ -1,0 +1,114 @@
+"""Fit a stack's parameters to a per-request trace, through the serving simulator.
+
+The trace's own requests (arrival times, prompt and output lengths) are replayed by the
+time-stepped simulator (``sim.differentiable.DifferentiableSim``, common random numbers: the same
+requests every call), and the parameters are fitted so that its latency summaries match the
+measured ones: mean, median and p90 of TTFT and end-to-end latency, mean and median time per output
+token. Summaries, not single requests, because one request's latency jumps when a scheduling
+decision flips, while a summary over hundreds moves smoothly; quantiles on both sides use the same
+kernel-smoothed order statistic.
+
+Assumption: the engine configuration (model, device, parallelism, batch limits, stack) is known;
+only the named parameters are unknown. Which requests finish is held fixed along the path (see the
+estimators in ``sim.estimators``); a fit that leaves requests unfinished says so in its warnings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigError
+from ..sim.differentiable import DifferentiableSim, soft_quantile
+from ..sim.estimators import StraightThrough
+from ..sim.scenario import parse_scenario
+from ..sim.workload import Workload
+from .fit import Bound, FitResult, LogHuber, Prior, fit_parameters
+from .traces import RequestTrace
+
+TRACE_METRICS = ("ttft_mean_s", "ttft_p50_s", "ttft_p90_s", "tpot_mean_s", "tpot_p50_s", "e2e_mean_s", "e2e_p50_s",
+                 "e2e_p90_s")
+
+
+def trace_workload(trace: RequestTrace) -> Workload:
+    """The trace's requests as a simulator workload (arrival order; one client, ``trace``)."""
+    rows = trace.rows
+    if rows.empty:
+        raise ConfigError(f"{trace.format} trace: no completed requests to replay")
+    if rows.arrival_s.isna().any():
+        raise ConfigError(f"{rows.source.iloc[0]}: the trace has no arrival times ({trace.format} does not record "
+                          "them); a trace fit replays arrivals, so give a trace that has them")
+    rows = rows.sort_values("arrival_s", kind="stable")
+    return Workload(arrival_s=rows.arrival_s.to_numpy(float), input_tokens=rows.input.to_numpy(int),
+                    output_tokens=np.maximum(rows.output.to_numpy(int), 1), client=np.zeros(len(rows), int),
+                    client_names=("trace",))
+
+
+def measured_summaries(trace: RequestTrace, bandwidth: float = 0.02) -> np.ndarray:
+    """The TRACE_METRICS of the measured requests, with the simulator's quantile surrogate."""
+    r = trace.rows
+    tpot = np.where(r.output > 1, (r.e2e_s - r.ttft_s) / np.maximum(r.output - 1, 1), 0.0)
+    done = jnp.ones(len(r), bool)
+    out = []
+    for name in TRACE_METRICS:
+        metric, stat = name[:-2].rsplit("_", 1)
+        values = {"ttft": r.ttft_s.to_numpy(float), "tpot": tpot, "e2e": r.e2e_s.to_numpy(float)}[metric]
+        out.append(float(np.mean(values)) if stat == "mean"
+                   else float(soft_quantile(jnp.asarray(values), done, int(stat[1:]) / 100, bandwidth)))
+    return np.array(out)
+
+
+@dataclass
+class TraceCalibration:
+    fit: FitResult
+    summaries: pd.DataFrame       # metric, measured, before, after (s)
+    requests: int
+    finished_before: int
+    finished_after: int
+
+    def errors(self) -> pd.DataFrame:
+        s = self.summaries
+        return s.assign(error_before_pct=(s.before / s.measured - 1) * 100, error_after_pct=(s.after / s.measured - 1) * 100)
+
+
+def calibrate_trace(trace: RequestTrace, engine: Mapping, names: Sequence[str], *, dt_s: float = 0.01,
+                    horizon_s: float | None = None, estimator=None, bounds: Mapping[str, Bound] | None = None,
+                    priors: Mapping[str, Prior] | None = None, loss=None, steps: int = 0, polish_steps: int = 30,
+                    progress: Callable[[str], None] | None = None) -> TraceCalibration:
+    """Fit ``names`` of the engine (an ``[[engine]]`` table: model, hardware, stack, tp, batch
+    limits, ...) so that simulated latency summaries of the trace's requests match the measured ones.
+    ``steps`` Adam steps (default none: each is a whole simulation) before the Levenberg-Marquardt polish."""
+    workload = trace_workload(trace)
+    last = float(workload.arrival_s.max())
+    horizon = horizon_s or last + 4 * float(trace.rows.e2e_s.max()) + 10.0
+    scenario = parse_scenario({"simulation": {"dt_s": dt_s, "horizon_s": horizon, "seed": 0},
+                               "engine": [{"name": "engine", **dict(engine)}],
+                               "client": [{"name": "trace", "engine": "engine",
+                                           "arrival": {"process": "poisson", "rate_per_s": 1.0},
+                                           "input_tokens": {"dist": "fixed", "value": 1},
+                                           "output_tokens": {"dist": "fixed", "value": 1}}]})
+    sim = DifferentiableSim(scenario, estimator=estimator or StraightThrough(1e-3), workload=workload)
+    measured = measured_summaries(trace, sim.quantile_bandwidth)
+
+    def summaries(params):
+        m = sim.metrics(params)
+        return jnp.stack([m[k] for k in TRACE_METRICS]), m["finished"]
+
+    def predict(params):
+        return summaries(params)[0], measured
+
+    result = fit_parameters(predict, sim.params, list(names), bounds=bounds, priors=priors, loss=loss or LogHuber(),
+                            steps=steps, polish_steps=polish_steps, progress=progress)
+    finished = [int(summaries(p)[1]) for p in (sim.params, result.params)]
+    n = len(workload)
+    for label, k in zip(("start", "fit"), finished):
+        if k < n:
+            result.warnings.append(f"{n - k} of {n} requests unfinished at the horizon with the {label} values: "
+                                   "their latencies are missing from the summaries")
+    table = pd.DataFrame({"metric": TRACE_METRICS, "measured": measured, "before": result.predicted_start,
+                          "after": result.predicted})
+    return TraceCalibration(result, table, n, *finished)
