@@ -38,6 +38,7 @@ FITS = [("vllm", "h100-sxm"), ("vllm", "a100-40gb"), ("vllm", "gh200"), ("vllm",
         ("trt-llm", "h100-sxm"), ("trt-llm", "a100-40gb"), ("trt-llm", "gh200"), ("deepspeed-mii", "a100-40gb")]
 HELD_OUT = ["qwen2-7b", "llama-3-70b"]
 FALLBACK_HELD_OUT = ["llama-3-8b"]      # where neither of HELD_OUT was measured
+BOOTSTRAP = 20   # refits on resampled rows: the check of the Laplace intervals
 MARK = ("<!-- stacks-table:start -->", "<!-- stacks-table:end -->")
 
 
@@ -56,6 +57,13 @@ def ttft_score(profile, device: str, ttft_rows) -> tuple[int, float]:
     return len(errs), float(np.mean(errs))
 
 
+def sd_ratio(fit) -> float:
+    """Median over the free, identified parameters of bootstrap sd / Laplace sd (1: they agree)."""
+    ratios = [float(np.ravel(fit.bootstrap_sd[n])[0] / np.ravel(fit.sd_log[n])[0]) for n in fit.names
+              if n not in fit.at_bound and 0 < float(np.ravel(fit.sd_log[n])[0]) < 0.5]
+    return float(np.median(ratios)) if ratios else float("nan")
+
+
 def main() -> int:
     data = SHARED / "All_results.csv"
     table = read_static_batch(data)
@@ -70,7 +78,7 @@ def main() -> int:
         held = [m for m in HELD_OUT if m in models] or [m for m in FALLBACK_HELD_OUT if m in models]
         print(f"\n{stack} on {device}: {len(rows)} rows, holding out {', '.join(held)}", flush=True)
         result = calibrate_static(rows, device, stack, held_out={"model": held}, data_files=[data],
-                                  progress=lambda m: print("  " + m, flush=True))
+                                  bootstrap=BOOTSTRAP, progress=lambda m: print("  " + m, flush=True))
         result.write(RESULTS, f"{stack}-{device}")
         profiles[stack] = result.profile(profiles[stack])
         err = result.errors().set_index("split")
@@ -79,18 +87,20 @@ def main() -> int:
                         "train_n": int(err.loc["train", "points"]), "train": err.loc["train", "mape_after_pct"],
                         "test_n": int(err.loc["test", "points"]), "before": err.loc["test", "mape_before_pct"],
                         "test": err.loc["test", "mape_after_pct"], "ttft_n": n_ttft, "ttft": ttft,
-                        "warnings": len(result.fit.warnings)})
+                        "warnings": len(result.fit.warnings), "sd_ratio": sd_ratio(result.fit)})
         print(result.errors().to_string(index=False))
     header = ("Serving stacks. [NAME.devices.DEVICE] tables are written by calibration/fit_stacks.py (do not edit by\n"
               "hand; rerun the script); the rest (version, KV sizing rule, overflow) are the stacks' documented defaults.")
     (STACK_DATA / "stacks.toml").write_text(profiles_to_toml(profiles, header))
     lines = ["| stack | device | fit on (rows) | MAPE fitted rows | held-out models | held-out rows | "
-             "MAPE held out, before (kernel values) | MAPE held out, after | TTFT runs | TTFT MAPE (never fitted) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "MAPE held out, before (kernel values) | MAPE held out, after | TTFT runs | TTFT MAPE (never fitted) | "
+             "bootstrap / Laplace sd |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         ttft = f"{s['ttft']:.1f}%" if s["ttft_n"] else "-"
         lines.append(f"| {s['stack']} | {s['device']} | {s['train_n']} | {s['train']:.1f}% | {', '.join(s['held'])} | "
-                     f"{s['test_n']} | {s['before']:.1f}% | {s['test']:.1f}% | {s['ttft_n']} | {ttft} |")
+                     f"{s['test_n']} | {s['before']:.1f}% | {s['test']:.1f}% | {s['ttft_n']} | {ttft} | "
+                     f"{s['sd_ratio']:.2f} |")
     block = "\n".join([MARK[0], *lines, MARK[1]])
     for readme in (ROOT / "README.md", ROOT / "calibration" / "README.md"):
         text = readme.read_text()

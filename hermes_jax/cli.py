@@ -212,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--polish", type=int, default=60, help="Levenberg-Marquardt polish steps (at most)")
     cal.add_argument("--bootstrap", type=int, default=0, help="bootstrap refits to check the Laplace intervals")
     cal.add_argument("--out", default="calibration-out", help="directory for the report and stack file")
+    cal.add_argument("--trace", action="store_true", help="the data is a per-request trace (AIPerf JSONL, vLLM "
+                     "benchmark_serving JSON, LLMPerf JSON, CSV arrival_s,input,output,ttft_s,e2e_s): fit through the "
+                     "serving simulator to its latency summaries (needs --model; default parameters: "
+                     "host_overhead_s, memory_efficiency)")
+    cal.add_argument("--model", default=None, help="with --trace: the catalog model the trace's engine served")
+    cal.add_argument("--tp", type=int, default=1, help="with --trace: tensor-parallel degree of that engine")
+    cal.add_argument("--max-batch-size", type=int, default=256, help="with --trace: the engine's max_num_seqs")
+    cal.add_argument("--dt", type=float, default=0.01, help="with --trace: simulator time step (s)")
     return parser
 
 
@@ -246,6 +254,9 @@ def _calibrate(args) -> None:
     bounds = _pairs(args.bound, "--bound", interval)
     priors = _pairs(args.prior, "--prior", prior)
     held_out = _pairs(args.hold_out, "--hold-out", lambda v: [x.strip() for x in v.split(",") if x.strip()])
+    if args.trace:
+        _calibrate_trace(args, bounds, priors)
+        return
     tables = [read_static_batch(p) for p in args.data]
     for path, t in zip(args.data, tables):
         print(f"{path}: {t.summary()}")
@@ -258,6 +269,28 @@ def _calibrate(args) -> None:
                               polish_steps=args.polish, bootstrap=args.bootstrap, data_files=args.data,
                               progress=lambda msg: print(f"  {msg}", flush=True))
     print(result.errors().to_string(index=False))
+    for w in result.fit.warnings:
+        print("warning:", w)
+    for p in result.write(args.out):
+        print(f"wrote {p}")
+
+
+def _calibrate_trace(args, bounds, priors) -> None:
+    from .calibrate.fit import LOSSES
+    from .calibrate.trace_fit import calibrate_trace
+    from .calibrate.traces import read_request_trace
+
+    if not args.model or len(args.data) != 1:
+        raise ConfigError("--trace needs --model and exactly one trace file")
+    trace = read_request_trace(args.data[0])
+    print(f"{args.data[0]}: {trace.summary()}")
+    engine = {"model": args.model, "hardware": args.device, "tp": args.tp, "max_batch_size": args.max_batch_size,
+              **({"stack": args.stack} if args.stack != "catalog" else {})}
+    names = [n.strip() for n in args.params.split(",")] if args.params else ["host_overhead_s", "memory_efficiency"]
+    result = calibrate_trace(trace, engine, names, dt_s=args.dt, bounds=bounds, priors=priors,
+                             loss=LOSSES[args.loss](), steps=0, polish_steps=args.polish,
+                             progress=lambda msg: print(f"  {msg}", flush=True))
+    print(result.errors().round(4).to_string(index=False))
     for w in result.fit.warnings:
         print("warning:", w)
     for p in result.write(args.out):

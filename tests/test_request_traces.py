@@ -105,3 +105,31 @@ def test_op_table_reader_and_kernel_fit_recover_the_generating_parameters(tmp_pa
     bad.write_text("hardware,kind,flop,bytes,time_s\na100-80gb,softmax,1,1,1\n")
     with pytest.raises(ConfigError, match=r"bad.csv:2 column 'kind': 'softmax' unknown"):
         read_op_table(bad)
+
+
+def test_calibrate_cli_fits_a_trace_through_the_simulator(tmp_path, capsys):
+    """hermes-jax calibrate --trace: replays the requests, lowers the summary loss, writes a stack file
+    that --stack-file reads back with the fitted value."""
+    from hermes_jax.cli import main
+    from hermes_jax.stacks import load_stack_file
+
+    path = tmp_path / "trace.csv"
+    rows = [f"{0.4 * i:.2f},256,64,0.05,{0.05 + 63 * 0.012:.4f}" for i in range(24)]
+    path.write_text("arrival_s,input,output,ttft_s,e2e_s\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    argv = ["calibrate", str(path), "--trace", "--model", "llama-2-7b", "--device", "h100-sxm", "--stack", "vllm",
+            "--params", "host_overhead_s", "--dt", "0.02", "--polish", "8", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "24 requests (csv)" in printed
+    report = json.loads((out / "vllm-h100-sxm-trace.json").read_text())
+    err = {r["metric"]: r for r in report["summaries"]}
+    assert abs(err["tpot_mean_s"]["error_after_pct"]) < abs(err["tpot_mean_s"]["error_before_pct"])
+    from hermes_jax import get_hardware
+    from hermes_jax.stacks.catalog import _USER
+    load_stack_file(out / "vllm-h100-sxm-trace.toml")
+    try:
+        fitted = float(get_hardware("h100-sxm", stack="vllm").params.host_overhead_s)
+    finally:
+        _USER.pop("vllm")  # the shipped vllm stack again for the other tests
+    assert fitted == pytest.approx(report["parameters"]["host_overhead_s"], rel=1e-4)
