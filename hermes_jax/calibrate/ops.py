@@ -23,6 +23,7 @@ from ..hardware.catalog import get_hardware
 from ..hardware.params import DTYPES, ELEMENTWISE_KERNELS, HardwareParams
 from ..kernels.collectives import collective_time
 from ..kernels.roofline import op_time
+from .readers import read_csv_strings
 
 COLLECTIVES = ("allreduce", "alltoall", "sendrecv")
 REQUIRED = ("hardware", "kind", "flop", "bytes", "time_s")
@@ -31,11 +32,7 @@ REQUIRED = ("hardware", "kind", "flop", "bytes", "time_s")
 def read_op_table(path: str | Path) -> pd.DataFrame:
     """Rows of a kernel timing CSV (module doc), checked; errors name the file, line and column."""
     path = Path(path)
-    try:
-        df = pd.read_csv(path, skipinitialspace=True, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ConfigError(f"{path}: cannot read as CSV ({exc})") from None
-    df.columns = [c.strip() for c in df.columns]
+    df = read_csv_strings(path)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}; an op table needs {', '.join(REQUIRED)} "

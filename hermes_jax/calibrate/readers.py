@@ -69,15 +69,21 @@ def _numeric(df: pd.DataFrame, column: str, path: Path, integer: bool, allow_emp
     return values
 
 
-def read_static_batch(path: str | Path, unsupported: str = "skip") -> StaticTable:
-    """Read a static-batch table. Rows naming a model or device not in the catalogs are skipped with
-    their reason (``unsupported="skip"``) or raise (``"error"``)."""
-    path = Path(path)
+def read_csv_strings(path: Path) -> pd.DataFrame:
+    """Every cell as text (empty cells as ""), column names stripped; unreadable files name themselves."""
     try:
         df = pd.read_csv(path, skipinitialspace=True, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ConfigError(f"{path}: cannot read as CSV ({exc})") from None
     df.columns = [c.strip() for c in df.columns]
+    return df
+
+
+def read_static_batch(path: str | Path, unsupported: str = "skip") -> StaticTable:
+    """Read a static-batch table. Rows naming a model or device not in the catalogs are skipped with
+    their reason (``unsupported="skip"``) or raise (``"error"``)."""
+    path = Path(path)
+    df = read_csv_strings(path)
     df = df[(df != "").any(axis=1)].copy()
     df["line"] = df.index.to_numpy() + 2          # header is line 1
     if "Framework" in df.columns:

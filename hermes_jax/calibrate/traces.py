@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
+from .readers import read_csv_strings
 
 COLUMNS = ("arrival_s", "input", "output", "ttft_s", "e2e_s", "itl_s")
 _SCALE = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "sec": 1.0}
@@ -147,11 +148,7 @@ def _llmperf(path: Path, data: list) -> RequestTrace:
 
 
 def _csv(path: Path) -> RequestTrace:
-    try:
-        df = pd.read_csv(path, skipinitialspace=True, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ConfigError(f"{path}: cannot read as CSV ({exc})") from None
-    df.columns = [c.strip() for c in df.columns]
+    df = read_csv_strings(path)
     missing = [c for c in ("arrival_s", "input", "output", "ttft_s", "e2e_s") if c not in df.columns]
     if missing:
         raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}; a request trace CSV needs "
