@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "benchmark_serving JSON, LLMPerf JSON, CSV arrival_s,input,output,ttft_s,e2e_s): fit through the "
                      "serving simulator to its latency summaries (needs --model; default parameters: "
                      "host_overhead_s, memory_efficiency)")
+    cal.add_argument("--ops", action="store_true", help="the data is a kernel timing table (hardware,kind,flop,"
+                     "bytes,time_s): fit kernel-level efficiencies (default: compute and memory efficiency, their "
+                     "half sizes, kernel overhead)")
     cal.add_argument("--model", default=None, help="with --trace: the catalog model the trace's engine served")
     cal.add_argument("--tp", type=int, default=1, help="with --trace: tensor-parallel degree of that engine")
     cal.add_argument("--max-batch-size", type=int, default=256, help="with --trace: the engine's max_num_seqs")
@@ -257,6 +260,9 @@ def _calibrate(args) -> None:
     if args.trace:
         _calibrate_trace(args, bounds, priors)
         return
+    if args.ops:
+        _calibrate_ops(args, bounds, priors)
+        return
     tables = [read_static_batch(p) for p in args.data]
     for path, t in zip(args.data, tables):
         print(f"{path}: {t.summary()}")
@@ -272,6 +278,41 @@ def _calibrate(args) -> None:
     for w in result.fit.warnings:
         print("warning:", w)
     for p in result.write(args.out):
+        print(f"wrote {p}")
+
+
+def _calibrate_ops(args, bounds, priors) -> None:
+    import datetime
+
+    import pandas as pd
+
+    from .calibrate.fit import LOSSES
+    from .calibrate.ops import OP_NAMES, calibrate_ops, read_op_table
+    from .calibrate.report import fitted_profile, parameter_lines, write_report
+    from .calibrate.static_fit import file_sha256
+
+    rows = pd.concat([read_op_table(p) for p in args.data], ignore_index=True)
+    names = [n.strip() for n in args.params.split(",")] if args.params else list(OP_NAMES)
+    stack = None if args.stack == "catalog" else args.stack
+    fit, scored = calibrate_ops(rows, args.device, names, stack=stack, loss=LOSSES[args.loss](), bounds=bounds,
+                                priors=priors, steps=args.steps, polish_steps=args.polish, bootstrap=args.bootstrap,
+                                progress=lambda msg: print(f"  {msg}", flush=True))
+    date = datetime.date.today().isoformat()
+    by_kind = scored.groupby("kind").apply(lambda g: pd.Series({
+        "points": len(g), "mape_before_pct": float((g.before / g.time_s - 1).abs().mean() * 100),
+        "mape_after_pct": float((g.after / g.time_s - 1).abs().mean() * 100)}), include_groups=False).reset_index()
+    print(by_kind.to_string(index=False))
+    md = [f"# Kernel fit on {args.device} ({date})", "", "| kind | points | MAPE before | MAPE after |", "|---|---|---|---|"]
+    md += [f"| {r.kind} | {int(r.points)} | {r.mape_before_pct:.1f}% | {r.mape_after_pct:.1f}% |" for r in by_kind.itertuples()]
+    md += [""] + parameter_lines(fit)
+    prov = {"summary": f"fitted to {len(scored)} kernel timings on {date}", "fitted": ", ".join(fit.names),
+            "data": "; ".join(f"{p} sha256 {file_sha256(p)[:16]}" for p in args.data),
+            "warnings": " | ".join(fit.warnings) or "none"}
+    profile = fitted_profile(stack or f"kernels-{args.device}", args.device, fit, prov)
+    record = {"by_kind": by_kind.to_dict("records"), "warnings": fit.warnings,
+              "parameters": {n: np.asarray(fit.value(n)).tolist() for n in fit.names}}
+    for p in write_report(args.out, f"{stack or 'kernels'}-{args.device}-ops", md, record, profile,
+                          f"Written by hermes-jax calibrate --ops ({date})."):
         print(f"wrote {p}")
 
 

@@ -133,3 +133,19 @@ def test_calibrate_cli_fits_a_trace_through_the_simulator(tmp_path, capsys):
     finally:
         _USER.pop("vllm")  # the shipped vllm stack again for the other tests
     assert fitted == pytest.approx(report["parameters"]["host_overhead_s"], rel=1e-4)
+
+
+def test_calibrate_cli_fits_a_kernel_table(tmp_path, capsys):
+    from hermes_jax.cli import main
+    from hermes_jax.stacks import profiles_from_toml
+
+    rows = ["hardware,kind,flop,bytes,time_s"]
+    rows += [f"h100-sxm,gemm,{f:.6g},{f / 300:.6g},{f / 6e14 + 5e-6:.6g}" for f in np.geomspace(1e9, 1e13, 10)]
+    path = tmp_path / "k.csv"
+    path.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "o"
+    assert main(["calibrate", str(path), "--ops", "--device", "h100-sxm", "--stack", "catalog", "--params",
+                 "compute_efficiency,kernel_overhead_s", "--steps", "100", "--out", str(out)]) == 0
+    assert "gemm" in capsys.readouterr().out
+    profile = profiles_from_toml(out / "kernels-h100-sxm-ops.toml")["kernels-h100-sxm"]
+    assert profile.devices["h100-sxm"]["compute_efficiency"] == pytest.approx(6e14 / 989e12, rel=0.05)

@@ -98,3 +98,21 @@ class OpTable:
 
     def measured(self) -> np.ndarray:
         return self.rows.time_s.to_numpy(float)
+
+
+OP_NAMES = ("compute_efficiency", "compute_half_flop", "memory_efficiency", "memory_half_bytes", "kernel_overhead_s")
+"""Default kernel-level fit: GEMM roofline efficiencies, their half sizes and the per-kernel floor."""
+
+
+def calibrate_ops(rows: pd.DataFrame, device: str, names=OP_NAMES, *, stack: str | None = None, loss=None,
+                  bounds=None, priors=None, steps: int = 300, polish_steps: int = 60, bootstrap: int = 0, progress=None):
+    """(FitResult, rows with before/after seconds) of ``names`` fitted to the op rows on ``device``,
+    starting from ``stack``'s values there (None: the catalog's)."""
+    from .fit import LogHuber, fit_parameters
+    table = OpTable(rows, device)
+    hw = get_hardware(device, stack=stack)
+    meas = table.measured()
+    fit = fit_parameters(lambda p: (table.predict(p), meas), hw.params, list(names), loss=loss or LogHuber(),
+                         bounds=bounds, priors=priors, steps=steps, polish_steps=polish_steps, bootstrap=bootstrap,
+                         progress=progress)
+    return fit, table.rows.assign(before=fit.predicted_start, after=fit.predicted)

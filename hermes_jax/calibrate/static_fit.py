@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +23,9 @@ import pandas as pd
 
 from ..errors import ConfigError
 from ..hardware.catalog import get_hardware
-from ..stacks import STACK_FIELDS, StackProfile, get_stack
+from ..stacks import StackProfile, get_stack
 from .fit import Bound, FitResult, LogHuber, Prior, fit_parameters
+from .report import fitted_profile, parameter_lines, stack_values, write_report
 from .static import StaticBatchTable
 
 DEFAULT_START = "sarathi-2024"
@@ -97,8 +97,7 @@ class StaticCalibration:
 
     def values(self) -> dict:
         """Every stack field of the fitted parameters (natural units): a self-contained profile."""
-        nat = self.fit.params.natural()
-        return {k: (np.asarray(nat[k]).tolist() if np.ndim(nat[k]) else float(nat[k])) for k in STACK_FIELDS}
+        return stack_values(self.fit)
 
     def provenance(self) -> dict[str, str]:
         err = self.errors().set_index("split")
@@ -115,10 +114,7 @@ class StaticCalibration:
 
     def profile(self, base: StackProfile | None = None) -> StackProfile:
         """The stack with this device's fitted values (other devices of ``base`` kept)."""
-        base = base or get_stack(self.stack)
-        return StackProfile(base.name, base.version, base.description, base.overflow, base.kv,
-                            {**base.devices, self.device: self.values()},
-                            {**base.provenance, self.device: self.provenance()}, base.origin)
+        return fitted_profile(self.stack, self.device, self.fit, self.provenance(), base)
 
     def to_json(self) -> dict:
         return {"stack": self.stack, "device": self.device, "start": self.start, "split": self.split,
@@ -147,18 +143,7 @@ class StaticCalibration:
         for r in self.errors(["model", "tp"]).itertuples():
             lines.append(f"| {r.split} | {r.model} | {r.tp} | {r.points} | {r.mape_before_pct:.1f}% | "
                          f"{r.mape_after_pct:.1f}% |")
-        boot = bool(self.fit.bootstrap_sd)
-        lines += ["", "| parameter | value | 90% interval (Laplace) | sd (e-folds) |" + (" bootstrap sd |" if boot else ""),
-                  "|---|---|---|---|" + ("---|" if boot else "")]
-        for n in self.fit.names:
-            lo, hi = self.fit.interval90[n]
-            row = (f"| {n} | {float(np.ravel(self.fit.value(n))[0]):.4g} | [{float(np.ravel(lo)[0]):.3g}, "
-                   f"{float(np.ravel(hi)[0]):.3g}] | {float(np.ravel(self.fit.sd_log[n])[0]):.3g} |")
-            if boot:
-                row += f" {float(np.ravel(self.fit.bootstrap_sd[n])[0]):.3g} |"
-            lines.append(row)
-        lines += ["", "Warnings:" if self.fit.warnings else "No identifiability warnings."]
-        lines += [f"- {w}" for w in self.fit.warnings]
+        lines += [""] + parameter_lines(self.fit)
         if len(self.impossible):
             lines += ["", "Impossible rows:"] + [f"- {r.source}:{r.line}: {r.reason}" for r in self.impossible.itertuples()]
         return "\n".join(lines) + "\n"
@@ -187,17 +172,10 @@ class StaticCalibration:
 
     def write(self, out: str | Path, stem: str | None = None) -> list[Path]:
         """report Markdown, JSON and residual PNG, plus a stack file ``--stack-file`` reads."""
-        from ..stacks.profile import profiles_to_toml
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
         stem = stem or f"{self.stack}-{self.device}"
-        paths = [out / f"{stem}.md", out / f"{stem}.json", out / f"{stem}.toml"]
-        paths[0].write_text(self.to_markdown())
-        paths[1].write_text(json.dumps(self.to_json(), indent=1, default=float))
-        paths[2].write_text(profiles_to_toml({self.stack: self.profile()},
-                                             f"Written by hermes-jax calibrate ({self.date}); use with --stack-file."))
-        paths.append(self.plot(out / f"{stem}.png"))
-        return paths
+        paths = write_report(out, stem, self.to_markdown().splitlines(), self.to_json(), self.profile(),
+                             f"Written by hermes-jax calibrate ({self.date}); use with --stack-file.")
+        return paths + [self.plot(Path(out) / f"{stem}.png")]
 
 
 def split_rows(rows: pd.DataFrame, held_out: Mapping[str, Sequence] | None = None, test_fraction: float = 0.0,

@@ -28,6 +28,7 @@ from ..sim.estimators import StraightThrough
 from ..sim.scenario import parse_scenario
 from ..sim.workload import Workload
 from .fit import Bound, FitResult, LogHuber, Prior, fit_parameters
+from .report import fitted_profile, parameter_lines, write_report
 from .traces import RequestTrace
 
 TRACE_METRICS = ("ttft_mean_s", "ttft_p50_s", "ttft_p90_s", "tpot_mean_s", "tpot_p50_s", "e2e_mean_s", "e2e_p50_s",
@@ -81,14 +82,6 @@ class TraceCalibration:
     def write(self, out, stem: str | None = None) -> list:
         """Markdown and JSON report and a stack file (``--stack-file``) with this device's fitted values."""
         import datetime
-        import json
-        from pathlib import Path
-
-        from ..stacks import STACK_FIELDS, StackProfile, get_stack
-        from ..stacks.profile import profiles_to_toml
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = stem or f"{self.stack or 'catalog'}-{self.device}-trace"
         date = datetime.date.today().isoformat()
         err = self.errors()
         md = [f"# Trace fit: {self.stack or 'catalog values'} on {self.device} ({date})", "",
@@ -96,24 +89,14 @@ class TraceCalibration:
               f"{self.finished_after} with the fit.", "", "| summary | measured (s) | before | after |", "|---|---|---|---|"]
         md += [f"| {r.metric} | {r.measured:.4g} | {r.error_before_pct:+.1f}% | {r.error_after_pct:+.1f}% |"
                for r in err.itertuples()]
-        md += ["", "| parameter | value | 90% interval |", "|---|---|---|"]
-        md += [f"| {n} | {float(np.ravel(self.fit.value(n))[0]):.4g} | [{float(np.ravel(self.fit.interval90[n][0])[0]):.3g}, "
-               f"{float(np.ravel(self.fit.interval90[n][1])[0]):.3g}] |" for n in self.fit.names]
-        md += [""] + [f"- warning: {w}" for w in self.fit.warnings]
-        nat = self.fit.params.natural()
-        values = {k: (np.asarray(nat[k]).tolist() if np.ndim(nat[k]) else float(nat[k])) for k in STACK_FIELDS}
-        base = get_stack(self.stack) if self.stack else StackProfile(f"trace-{self.device}")
+        md += [""] + parameter_lines(self.fit)
         prov = {"summary": f"fitted to the latency summaries of {self.requests} requests of {self.source} on {date}",
                 "fitted": ", ".join(self.fit.names), "warnings": " | ".join(self.fit.warnings) or "none"}
-        profile = StackProfile(base.name, base.version, base.description, base.overflow, base.kv,
-                               {**base.devices, self.device: values}, {**base.provenance, self.device: prov})
-        paths = [out / f"{stem}.md", out / f"{stem}.json", out / f"{stem}.toml"]
-        paths[0].write_text("\n".join(md) + "\n")
-        paths[1].write_text(json.dumps({"summaries": err.to_dict("records"), "warnings": self.fit.warnings,
-                                        "parameters": {n: float(np.ravel(self.fit.value(n))[0]) for n in self.fit.names}},
-                                       indent=1))
-        paths[2].write_text(profiles_to_toml({profile.name: profile}, f"Written by hermes-jax calibrate --trace ({date})."))
-        return paths
+        profile = fitted_profile(self.stack or f"trace-{self.device}", self.device, self.fit, prov)
+        record = {"summaries": err.to_dict("records"), "warnings": self.fit.warnings,
+                  "parameters": {n: float(np.ravel(self.fit.value(n))[0]) for n in self.fit.names}}
+        return write_report(out, stem or f"{self.stack or 'catalog'}-{self.device}-trace", md, record, profile,
+                            f"Written by hermes-jax calibrate --trace ({date}).")
 
 
 def calibrate_trace(trace: RequestTrace, engine: Mapping, names: Sequence[str], *, dt_s: float = 0.01,

@@ -1,0 +1,59 @@
+"""What every calibration writes: the fitted stack profile (a file ``--stack-file`` reads) and a
+Markdown + JSON report beside it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..stacks import STACK_FIELDS, StackProfile, get_stack
+from .fit import FitResult
+
+
+def stack_values(fit: FitResult) -> dict:
+    """Every stack field of the fitted parameters (natural units): a self-contained device table."""
+    nat = fit.params.natural()
+    return {k: (np.asarray(nat[k]).tolist() if np.ndim(nat[k]) else float(nat[k])) for k in STACK_FIELDS}
+
+
+def fitted_profile(stack: str, device: str, fit: FitResult, provenance: dict[str, str],
+                   base: StackProfile | None = None) -> StackProfile:
+    """``stack`` (shipped or user, or a new one of that name) with this device's fitted values."""
+    if base is None:
+        try:
+            base = get_stack(stack)
+        except ConfigError:  # a new stack name: start an empty profile
+            base = StackProfile(stack)
+    return StackProfile(base.name, base.version, base.description, base.overflow, base.kv,
+                        {**base.devices, device: stack_values(fit)}, {**base.provenance, device: provenance},
+                        base.origin)
+
+
+def parameter_lines(fit: FitResult) -> list[str]:
+    """Markdown table of fitted values, 90% intervals, sd and (with a bootstrap) its sd."""
+    boot = bool(fit.bootstrap_sd)
+    lines = ["| parameter | value | 90% interval (Laplace) | sd (e-folds) |" + (" bootstrap sd |" if boot else ""),
+             "|---|---|---|---|" + ("---|" if boot else "")]
+    first = lambda x: float(np.ravel(x)[0])  # noqa: E731
+    for n in fit.names:
+        lo, hi = fit.interval90[n]
+        row = f"| {n} | {first(fit.value(n)):.4g} | [{first(lo):.3g}, {first(hi):.3g}] | {first(fit.sd_log[n]):.3g} |"
+        lines.append(row + (f" {first(fit.bootstrap_sd[n]):.3g} |" if boot else ""))
+    lines += ["", "Warnings:" if fit.warnings else "No identifiability warnings."]
+    return lines + [f"- {w}" for w in fit.warnings]
+
+
+def write_report(out: str | Path, stem: str, markdown: list[str], record: dict, profile: StackProfile,
+                 header: str) -> list[Path]:
+    """``stem``.md, .json and .toml (the profile) in ``out``."""
+    from ..stacks.profile import profiles_to_toml
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{stem}.md", out / f"{stem}.json", out / f"{stem}.toml"]
+    paths[0].write_text("\n".join(markdown) + "\n")
+    paths[1].write_text(json.dumps(record, indent=1, default=float))
+    paths[2].write_text(profiles_to_toml({profile.name: profile}, header))
+    return paths
