@@ -149,3 +149,25 @@ def test_calibrate_cli_fits_a_kernel_table(tmp_path, capsys):
     assert "gemm" in capsys.readouterr().out
     profile = profiles_from_toml(out / "kernels-h100-sxm-ops.toml")["kernels-h100-sxm"]
     assert profile.devices["h100-sxm"]["compute_efficiency"] == pytest.approx(6e14 / 989e12, rel=0.05)
+
+
+VIDUR = LLMPERF.parents[2] / "vidur_profiles" / "compute"
+
+
+def test_vidur_operator_profile_reads_as_an_op_table_and_the_kernel_stack_reproduces_it():
+    """Vidur's mlp.csv through the generic op table (FLOP and bytes from the model's shapes); the
+    sarathi-2024 stack, fitted to these kernels, reproduces them (a consistency check: Llama-2-7B was
+    in that fit), where the uncalibrated catalog is far off."""
+    from hermes_jax import get_hardware
+    from hermes_jax.calibrate.ops import OpTable, read_op_table
+
+    rows = read_op_table(VIDUR / "a100" / "meta-llama" / "Llama-2-7b-hf" / "mlp.csv")
+    assert set(rows.model) == {"llama-2-7b"} and set(rows.hardware) == {"a100-80gb"}
+    assert {"gemm", "elementwise:norm", "elementwise:residual_add"} <= set(rows.kind)
+    table = OpTable(rows[rows.tp == 1], "a100-80gb")
+
+    def mape(stack):
+        pred = np.asarray(table.predict(get_hardware("a100-80gb", stack=stack).params))
+        return float(np.mean(np.abs(pred / table.measured() - 1)))
+
+    assert mape("sarathi-2024") < 0.15 < mape(None)

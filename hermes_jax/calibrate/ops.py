@@ -29,10 +29,60 @@ COLLECTIVES = ("allreduce", "alltoall", "sendrecv")
 REQUIRED = ("hardware", "kind", "flop", "bytes", "time_s")
 
 
+VIDUR_OPS = {"emb": "embedding", "input_layernorm": "input_norm", "attn_pre_proj": "qkv_proj", "attn_rope": "rope",
+             "attn_post_proj": "out_proj", "post_attention_layernorm": "post_norm", "mlp_up_proj": "mlp_up",
+             "mlp_act": "mlp_act", "mlp_down_proj": "mlp_down", "add": "residual_add"}
+"""Vidur ``mlp.csv`` column stems -> hermes_jax operator names."""
+VIDUR_DEVICES = {"a100": "a100-80gb", "h100": "h100-sxm"}
+
+
+def read_vidur_mlp(path: str | Path, model: str | None = None, hardware: str | None = None) -> pd.DataFrame:
+    """Vidur's per-operator profile (``compute/<device>/<org>/<model>/mlp.csv``) as op-table rows:
+    each operator's FLOP and bytes per execution at its token count from the model's shapes, its
+    median time (ms in the file). Model and device come from the path unless given."""
+    from ..engine import EngineSpec
+    from ..models.config import get_model
+    from ..models.operators import ELEMENTWISE, GEMM, Parallelism, op_specs, operator_costs
+    from .readers import _model_index
+    path = Path(path)
+    parts = path.resolve().parts
+    hardware = hardware or VIDUR_DEVICES.get(parts[-4] if len(parts) >= 4 else "", "")
+    hf_id = "/".join(parts[-3:-1]) if len(parts) >= 3 else ""
+    model = model or _model_index().get(hf_id.lower(), "")
+    if not hardware or not model:
+        raise ConfigError(f"{path}: cannot tell the {'device' if not hardware else 'model'} from the path "
+                          f"(expected compute/<a100|h100>/<org>/<model>/mlp.csv); pass it explicitly")
+    df = pd.read_csv(path).drop_duplicates(subset=["num_tokens", "num_tensor_parallel_workers"])
+    m = get_model(model)
+    frames = []
+    for tp, g in df.groupby("num_tensor_parallel_workers"):
+        par = Parallelism(tp=int(tp))
+        specs = {op.name: op for op in op_specs(m, par)}
+        tokens = g.num_tokens.to_numpy(float)
+        engine = EngineSpec(m, get_hardware(hardware).spec, par)
+        costs = operator_costs(m, par, engine.weight_dtype, engine.kv_dtype, engine.act_dtype, tokens[:, None],
+                               0 * tokens[:, None], 0 * tokens[:, None], xp=np)
+        for stem, name in VIDUR_OPS.items():
+            column = f"time_stats.{stem}.median"
+            if column not in g or name not in specs or specs[name].count == 0:
+                continue  # e.g. phi-2 has no post-attention norm (parallel block)
+            op = specs[name]
+            kind = "gemm" if op.kind == GEMM else f"elementwise:{op.kernel}" if op.kind == ELEMENTWISE else None
+            flop, nbytes = (np.broadcast_to(np.asarray(x, float), tokens.shape) for x in costs[name])
+            frames.append(pd.DataFrame({"hardware": hardware, "kind": kind, "dtype": engine.compute_dtype,
+                                        "flop": flop, "bytes": nbytes, "time_s": g[column].to_numpy(float) * 1e-3,
+                                        "group_size": 1.0, "model": model, "tp": int(tp), "tokens": tokens,
+                                        "op": name, "source": str(path), "line": g.index.to_numpy() + 2}))
+    return pd.concat(frames, ignore_index=True)
+
+
 def read_op_table(path: str | Path) -> pd.DataFrame:
-    """Rows of a kernel timing CSV (module doc), checked; errors name the file, line and column."""
+    """Rows of a kernel timing CSV (module doc), checked; errors name the file, line and column.
+    A Vidur ``mlp.csv`` (its ``time_stats.*`` columns) is read by ``read_vidur_mlp``."""
     path = Path(path)
     df = read_csv_strings(path)
+    if any(c.startswith("time_stats.") for c in df.columns):
+        return read_vidur_mlp(path)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}; an op table needs {', '.join(REQUIRED)} "

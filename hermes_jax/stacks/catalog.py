@@ -4,8 +4,8 @@
 fitted to LLM-Inference-Bench). Two more stacks are read from the calibrated hardware overlay
 (``hardware/data/calibrated.toml``, written by ``calibration/fit_kernels.py``) so their values live
 in one place: ``splitwise-2023`` (the serving-level fit to Splitwise's 2023 engine) and
-``sarathi-2024`` (the kernel-level fits to Vidur's sarathi-serve profiles, over the Splitwise values
-for fields those profiles do not measure).
+``sarathi-2024`` (the kernel-level fits to Vidur's sarathi-serve profiles: operators, attention
+fields, all-reduce, host; over the Splitwise values for fields those profiles do not measure).
 """
 
 from __future__ import annotations
@@ -30,8 +30,12 @@ def _overlay_stacks() -> dict[str, StackProfile]:
         splitwise[device] = base
         prov_s[device] = {"summary": entry.get("provenance", {}).get("summary", "fitted to Splitwise")}
         kernel = dict(base)
-        for part in ("ops", "attention", "allreduce", "host"):
-            kernel.update(entry.get("fits", {}).get(part, {}).get("values", {}))
+        fits = entry.get("fits", {})
+        for part in ("ops", "allreduce", "host"):
+            kernel.update(fits.get(part, {}).get("values", {}))
+        # The attention fit's half sizes and kernel floor describe attention kernels only; the
+        # operator fit's describe every other kernel, so only the attention fields come from it.
+        kernel.update({k: v for k, v in fits.get("attention", {}).get("values", {}).items() if k.startswith("attention_")})
         sarathi[device] = kernel
         prov_v[device] = {"summary": "kernel-level fits to Vidur profiles (" +
                           ", ".join(sorted(entry.get("fits", {}))) + "); other fields from the Splitwise fit"}
