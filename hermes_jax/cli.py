@@ -69,18 +69,23 @@ def _impossible(engine, stack, cap, waves, prompt: int, output: int) -> str | No
     return None
 
 
+def _chosen_stack(args) -> str | None:
+    """The stack ``--stack`` / ``--stack-file`` select (a file defining one stack selects it unless
+    --stack names another); None for 'catalog', the hardware catalog's own values."""
+    if args.stack_file:
+        defined = load_stack_file(args.stack_file)
+        if args.stack == DEFAULT_STACK and len(defined) == 1:
+            return defined[0]
+    return None if args.stack == "catalog" else args.stack
+
+
 def _estimate_rows(args) -> list[dict]:
     catalog = default_catalog()
     if args.hardware_file:
         defined = catalog.load_user_file(args.hardware_file)
         if not args.hardware and len(defined) == 1:
             args.hardware = defined[0]
-    if args.stack_file:
-        defined = load_stack_file(args.stack_file)
-        if args.stack == DEFAULT_STACK and len(defined) == 1:
-            args.stack = defined[0]
-    if args.stack == "catalog":
-        args.stack = None
+    args.stack = _chosen_stack(args)
     model = load_hf_config(args.model_config) if args.model_config else get_model(args.model)
     hardware = get_hardware(args.hardware, ideal=args.ideal, catalog=catalog, stack=args.stack)
     stack = get_stack(args.stack)  # --stack catalog: the default stack's KV rule
@@ -190,13 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--stack", default=DEFAULT_STACK, help="serving stack of every engine that names none itself "
                      f"(its efficiencies, overheads and KV rule; 'catalog': the catalog's values); default {DEFAULT_STACK}")
     sim.add_argument("--stack-file", metavar="PATH", help="TOML defining your own stack(s)")
-    cal = sub.add_parser("calibrate", help="fit a serving stack's parameters on a device to measured static-batch runs",
+    cal = sub.add_parser("calibrate", help="fit a serving stack's parameters on a device to measurements",
                          description="Fit a stack on one device to static-batch tables (LLM-Inference-Bench or a CSV "
-                                     "with model,hardware,tp,batch,input,output,latency_s[,ttft_s,stack]); write a "
-                                     "stack file (--stack-file), a Markdown + JSON report and a residual plot.")
+                                     "with model,hardware,tp,batch,input,output,latency_s[,ttft_s,stack]), to a "
+                                     "request trace (--trace) or to kernel timings (--ops); write a stack file "
+                                     "(--stack-file reads it) and a Markdown + JSON report (static fits: a residual "
+                                     "plot too).")
     cal.add_argument("data", nargs="+", help="measurement table(s)")
     cal.add_argument("--device", required=True, help="catalog device whose rows to fit")
-    cal.add_argument("--stack", default="vllm", help="stack to fit (rows with another stack are left out; default vllm)")
+    cal.add_argument("--stack", default=DEFAULT_STACK, help="stack to fit (rows with another stack are left out; "
+                     f"default {DEFAULT_STACK})")
     cal.add_argument("--start", default=None, help="stack whose values the fit starts from (default sarathi-2024)")
     cal.add_argument("--params", default=None, help="comma list of parameters to fit (default: the stack set, "
                      "see hermes_jax.calibrate.static_fit.DEFAULT_NAMES)")
@@ -208,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="hold out rows whose column has one of these values, e.g. model=qwen2-7b")
     cal.add_argument("--test-fraction", type=float, default=0.0, help="hold out a random share of rows instead")
     cal.add_argument("--seed", type=int, default=0)
-    cal.add_argument("--steps", type=int, default=300, help="Adam steps before the L-BFGS polish")
+    cal.add_argument("--steps", type=int, default=None, help="Adam steps before the Levenberg-Marquardt polish "
+                     "(default 300; with --trace 0, as each step is a whole simulation)")
     cal.add_argument("--polish", type=int, default=60, help="Levenberg-Marquardt polish steps (at most)")
     cal.add_argument("--bootstrap", type=int, default=0, help="bootstrap refits to check the Laplace intervals")
     cal.add_argument("--out", default="calibration-out", help="directory for the report and stack file")
@@ -217,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "serving simulator to its latency summaries (needs --model; default parameters: "
                      "host_overhead_s, memory_efficiency)")
     cal.add_argument("--ops", action="store_true", help="the data is a kernel timing table (hardware,kind,flop,"
-                     "bytes,time_s): fit kernel-level efficiencies (default: compute and memory efficiency, their "
-                     "half sizes, kernel overhead)")
+                     "bytes,time_s, or a Vidur mlp.csv): fit kernel-level efficiencies (default: compute and memory "
+                     "efficiency, their half sizes, kernel overhead)")
     cal.add_argument("--model", default=None, help="with --trace: the catalog model the trace's engine served")
     cal.add_argument("--tp", type=int, default=1, help="with --trace: tensor-parallel degree of that engine")
     cal.add_argument("--max-batch-size", type=int, default=256, help="with --trace: the engine's max_num_seqs")
@@ -234,6 +243,8 @@ def _pairs(items: list[str], flag: str, parse) -> dict:
             if not sep:
                 raise ValueError
             out[name.strip()] = parse(value)
+        except ConfigError as exc:  # a well-formed value the bound or prior refuses: say why
+            raise ConfigError(f"{flag} {item!r}: {exc}") from None
         except ValueError:
             raise ConfigError(f"{flag} {item!r}: expected {flag[2:].upper().replace('-', '_')} as NAME=...") from None
     return out
@@ -257,6 +268,18 @@ def _calibrate(args) -> None:
     bounds = _pairs(args.bound, "--bound", interval)
     priors = _pairs(args.prior, "--prior", prior)
     held_out = _pairs(args.hold_out, "--hold-out", lambda v: [x.strip() for x in v.split(",") if x.strip()])
+    if not 0.0 <= args.test_fraction < 1.0:
+        raise ConfigError(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
+    if args.model and not args.trace:
+        raise ConfigError("--model is for --trace fits (static tables and kernel tables name their models per row)")
+    if args.trace and args.ops:
+        raise ConfigError("--trace and --ops name two different kinds of data: give one")
+    if args.trace or args.ops:  # a flag these fits do not use must not be dropped silently
+        unused = [flag for flag, given in (("--hold-out", args.hold_out), ("--test-fraction", args.test_fraction),
+                                           ("--start", args.start), ("--bootstrap", args.trace and args.bootstrap))
+                  if given]
+        if unused:
+            raise ConfigError(f"{', '.join(unused)} not supported with {'--trace' if args.trace else '--ops'}")
     if args.trace:
         _calibrate_trace(args, bounds, priors)
         return
@@ -271,48 +294,34 @@ def _calibrate(args) -> None:
     names = [n.strip() for n in args.params.split(",")] if args.params else list(DEFAULT_NAMES)
     result = calibrate_static(rows, args.device, args.stack, names=names, start=args.start or DEFAULT_START,
                               bounds=bounds, priors=priors, loss=LOSSES[args.loss](), held_out=held_out,
-                              test_fraction=args.test_fraction, seed=args.seed, steps=args.steps,
+                              test_fraction=args.test_fraction, seed=args.seed,
+                              steps=300 if args.steps is None else args.steps,
                               polish_steps=args.polish, bootstrap=args.bootstrap, data_files=args.data,
                               progress=lambda msg: print(f"  {msg}", flush=True))
-    print(result.errors().to_string(index=False))
-    for w in result.fit.warnings:
-        print("warning:", w)
-    for p in result.write(args.out):
-        print(f"wrote {p}")
+    _report(result, args.out)
 
 
 def _calibrate_ops(args, bounds, priors) -> None:
-    import datetime
-
     import pandas as pd
 
     from .calibrate.fit import LOSSES
     from .calibrate.ops import OP_NAMES, calibrate_ops, read_op_table
-    from .calibrate.report import fitted_profile, parameter_lines, write_report
-    from .calibrate.static_fit import file_sha256
 
     rows = pd.concat([read_op_table(p) for p in args.data], ignore_index=True)
     names = [n.strip() for n in args.params.split(",")] if args.params else list(OP_NAMES)
-    stack = None if args.stack == "catalog" else args.stack
-    fit, scored = calibrate_ops(rows, args.device, names, stack=stack, loss=LOSSES[args.loss](), bounds=bounds,
-                                priors=priors, steps=args.steps, polish_steps=args.polish, bootstrap=args.bootstrap,
-                                progress=lambda msg: print(f"  {msg}", flush=True))
-    date = datetime.date.today().isoformat()
-    by_kind = scored.groupby("kind").apply(lambda g: pd.Series({
-        "points": len(g), "mape_before_pct": float((g.before / g.time_s - 1).abs().mean() * 100),
-        "mape_after_pct": float((g.after / g.time_s - 1).abs().mean() * 100)}), include_groups=False).reset_index()
-    print(by_kind.to_string(index=False))
-    md = [f"# Kernel fit on {args.device} ({date})", "", "| kind | points | MAPE before | MAPE after |", "|---|---|---|---|"]
-    md += [f"| {r.kind} | {int(r.points)} | {r.mape_before_pct:.1f}% | {r.mape_after_pct:.1f}% |" for r in by_kind.itertuples()]
-    md += [""] + parameter_lines(fit)
-    prov = {"summary": f"fitted to {len(scored)} kernel timings on {date}", "fitted": ", ".join(fit.names),
-            "data": "; ".join(f"{p} sha256 {file_sha256(p)[:16]}" for p in args.data),
-            "warnings": " | ".join(fit.warnings) or "none"}
-    profile = fitted_profile(stack or f"kernels-{args.device}", args.device, fit, prov)
-    record = {"by_kind": by_kind.to_dict("records"), "warnings": fit.warnings,
-              "parameters": {n: np.asarray(fit.value(n)).tolist() for n in fit.names}}
-    for p in write_report(args.out, f"{stack or 'kernels'}-{args.device}-ops", md, record, profile,
-                          f"Written by hermes-jax calibrate --ops ({date})."):
+    result = calibrate_ops(rows, args.device, names, stack=None if args.stack == "catalog" else args.stack,
+                           loss=LOSSES[args.loss](), bounds=bounds, priors=priors, steps=300 if args.steps is None else args.steps,
+                           polish_steps=args.polish, bootstrap=args.bootstrap, data_files=args.data,
+                           progress=lambda msg: print(f"  {msg}", flush=True))
+    _report(result, args.out)
+
+
+def _report(result, out: str) -> None:
+    """Print a calibration's errors and warnings, write its report and stack file."""
+    print(result.errors().round(4).to_string(index=False))
+    for w in result.fit.warnings:
+        print("warning:", w)
+    for p in result.write(out):
         print(f"wrote {p}")
 
 
@@ -329,13 +338,9 @@ def _calibrate_trace(args, bounds, priors) -> None:
               **({"stack": args.stack} if args.stack != "catalog" else {})}
     names = [n.strip() for n in args.params.split(",")] if args.params else ["host_overhead_s", "memory_efficiency"]
     result = calibrate_trace(trace, engine, names, dt_s=args.dt, bounds=bounds, priors=priors,
-                             loss=LOSSES[args.loss](), steps=0, polish_steps=args.polish,
+                             loss=LOSSES[args.loss](), steps=args.steps or 0, polish_steps=args.polish,
                              progress=lambda msg: print(f"  {msg}", flush=True))
-    print(result.errors().round(4).to_string(index=False))
-    for w in result.fit.warnings:
-        print("warning:", w)
-    for p in result.write(args.out):
-        print(f"wrote {p}")
+    _report(result, args.out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,11 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             _calibrate(args)
         elif args.command == "simulate":
             from .sim.report import run_cli
-            if args.stack_file:
-                defined = load_stack_file(args.stack_file)
-                if args.stack == DEFAULT_STACK and len(defined) == 1:
-                    args.stack = defined[0]
-            run_cli(args.scenario, args.out, args.overrides, None if args.stack == "catalog" else args.stack)
+            run_cli(args.scenario, args.out, args.overrides, _chosen_stack(args))
     except ConfigError as exc:
         print(f"hermes-jax: error: {exc}", file=sys.stderr)
         return 2

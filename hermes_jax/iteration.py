@@ -50,7 +50,6 @@ def iteration_cost(engine: EngineSpec, hw: HardwareParams, new, context, logits,
     dtype = hw.log["hbm_bandwidth"].dtype
     active = costs["_active_sequences"][0].astype(dtype)
     peak_gemm = hw.peak(engine.compute_dtype)
-    peak_vector = hw.peak("fp32")
     cols = {k: [] for k in ("time", "compute", "memory", "network", "overhead", "flop", "bytes")}
     for op in ops:
         flop, nbytes = costs[op.name]
@@ -65,19 +64,7 @@ def iteration_cost(engine: EngineSpec, hw: HardwareParams, new, context, logits,
                                 engine.collective)
             tc, tm, tn, to = zero, zero, t, zero
         else:
-            # Size-dependent efficiency is a property of tiled matrix kernels; elementwise kernels run
-            # on the vector units, are memory-bound and stream at a share of bandwidth that depends on
-            # the kernel (measured: Vidur profiles), so they get the vector peak, no half size and
-            # their kernel class's efficiency.
-            if op.kind == ELEMENTWISE:
-                peak, eff, half = peak_vector, hw.compute_efficiency, 0.0
-                mem_eff = hw.elementwise_efficiency[ELEMENTWISE_KERNELS.index(op.kernel)]
-            else:
-                peak, eff, half, mem_eff = peak_gemm, {GEMM: hw.compute_efficiency, ATTENTION: hw.attention_efficiency}[
-                    op.kind], hw.compute_half_flop, hw.memory_efficiency
-                if op.kind == ATTENTION:
-                    mem_eff = mem_eff * hw.attention_memory_efficiency
-            t, tc, tm = op_time(flop, nbytes, hw, peak, eff, half, mem_eff, engine.roofline)
+            t, tc, tm = op_time(flop, nbytes, hw, *kernel_terms(hw, op.kind, op.kernel, peak_gemm), engine.roofline)
             tn, to = zero, jnp.where((flop > 0) | (nbytes > 0), hw.kernel_overhead_s, 0.0)
         for key, value in zip(cols, (t, tc, tm, tn, to, flop, nbytes)):
             cols[key].append(op.count * value)
@@ -89,6 +76,22 @@ def iteration_cost(engine: EngineSpec, hw: HardwareParams, new, context, logits,
                          op_compute=stacked["compute"], op_memory=stacked["memory"],
                          op_network=stacked["network"], op_overhead=stacked["overhead"],
                          op_flop=stacked["flop"], op_bytes=stacked["bytes"])
+
+
+def kernel_terms(hw: HardwareParams, kind: str, kernel: str, peak_gemm):
+    """(peak FLOP/s, compute efficiency, half size in FLOP, memory efficiency) of a GEMM, ATTENTION or
+    ELEMENTWISE kernel; ``kernel`` names the ELEMENTWISE_KERNELS class, ``peak_gemm`` the peak of the
+    compute dtype. Size-dependent efficiency is a property of tiled matrix kernels; elementwise kernels
+    run on the vector units, are memory-bound and stream at a share of bandwidth that depends on the
+    kernel (measured: Vidur profiles), so they get the vector peak, no half size and their class's
+    efficiency. Attention reads the KV cache at its own share of the streaming efficiency."""
+    if kind == ELEMENTWISE:
+        return hw.peak("fp32"), hw.compute_efficiency, 0.0, hw.elementwise_efficiency[ELEMENTWISE_KERNELS.index(kernel)]
+    if kind == ATTENTION:
+        return peak_gemm, hw.attention_efficiency, hw.compute_half_flop, hw.memory_efficiency * hw.attention_memory_efficiency
+    if kind == GEMM:
+        return peak_gemm, hw.compute_efficiency, hw.compute_half_flop, hw.memory_efficiency
+    raise ValueError(f"no kernel terms for operator kind {kind!r}")
 
 
 def host_time(hw: HardwareParams, active, sampled, vocab: int, devices: int, held=0.0):

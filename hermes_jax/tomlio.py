@@ -1,4 +1,4 @@
-"""Reading TOML data files with errors that point at the file and line."""
+"""Reading data files (TOML, JSON Lines) with errors that point at the file and line."""
 
 from __future__ import annotations
 
@@ -13,13 +13,31 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 from .errors import ConfigError
 
 
+def read_text(path: str | Path) -> str:
+    """The file's text; a file that cannot be read becomes a ConfigError naming it."""
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read file ({exc.strerror})") from None
+
+
+def json_lines(path: str | Path, text: str | None = None):
+    """(line number, parsed object) of every non-blank line of a JSON Lines file (``text`` if
+    already read); a line that is not JSON becomes a ConfigError naming file and line."""
+    import json
+    for number, line in enumerate((read_text(path) if text is None else text).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
+
+
 def load_toml(path: str | Path) -> dict:
     """Parse ``path``; a syntax error becomes a ConfigError naming the file and line."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read file ({exc.strerror})") from None
+    text = read_text(path)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

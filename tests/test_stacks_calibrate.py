@@ -185,3 +185,29 @@ def test_runs_that_cannot_have_done_the_work_are_reported_not_fitted():
     assert set(reasons) == {0, 2}
     assert "below the datasheet floor" in reasons[0] and "exceeds llama-7b's context of 2048" in reasons[2]
     assert table.keep.tolist() == [False, True, False]
+
+
+def test_bad_calibration_input_is_refused_with_its_reason(tmp_path, capsys):
+    """Nothing a user types silently changes the fit: a misspelt held-out value, a bound or prior a
+    log-space fit cannot use, a flag the chosen fit ignores; NaN never reaches a JSON report."""
+    from hermes_jax.calibrate.report import jsonable
+    from hermes_jax.calibrate.static_fit import split_rows
+    from hermes_jax.cli import main
+
+    rows = pd.DataFrame({"model": ["a", "b"], "tp": [1, 2]})
+    with pytest.raises(ConfigError, match=r"split column 'model': no row has B; values: a, b"):
+        split_rows(rows, {"model": ["B"]})
+    with pytest.raises(ConfigError, match=r"not of the column's type"):
+        split_rows(rows, {"tp": ["two"]})
+    with pytest.raises(ConfigError, match=r"bound lower must be a finite number > 0"):
+        Bound(0.0, 1.0)
+    with pytest.raises(ConfigError, match=r"prior needs value > 0 and sd_log > 0"):
+        Prior(0.5, 0.0)
+    assert jsonable({"x": np.nan, "y": [np.float32(2.0), np.inf], "z": np.arange(2)}) == {"x": None, "y": [2.0, None],
+                                                                                          "z": [0, 1]}
+    data = str(tmp_path / "none.csv")
+    assert main(["calibrate", data, "--device", "h100-sxm", "--trace", "--model", "llama-2-7b",
+                 "--hold-out", "model=x"]) == 2
+    assert "--hold-out not supported with --trace" in capsys.readouterr().err
+    assert main(["calibrate", data, "--device", "h100-sxm", "--model", "llama-2-7b"]) == 2
+    assert "--model is for --trace fits" in capsys.readouterr().err

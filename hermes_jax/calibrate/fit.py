@@ -2,8 +2,8 @@
 
 The user gives a residual function ``params -> (pred, meas)`` arrays; the fit minimises the mean of
 ``loss`` over the residuals in log parameter space, inside bounds (a sigmoid map between log
-bounds, so Adam and L-BFGS both run unconstrained) and with optional log-normal priors. Adam (optax)
-takes it near the minimum, L-BFGS polishes to it.
+bounds, so the optimisers run unconstrained) and with optional log-normal priors. Adam (optax)
+takes it near the minimum, Levenberg-Marquardt on the reweighted Gauss-Newton system polishes to it.
 
 Uncertainty (Laplace / Gauss-Newton): with J the Jacobian of the residuals in log parameters at the
 optimum and s^2 = sum r^2 / (n - p), the information is F = J^T J / s^2 + prior precision and the
@@ -81,9 +81,15 @@ LOSSES = {"huber": LogHuber, "log": LogSquared, "relative": Relative, "pinball":
 @dataclass(frozen=True)
 class Bound:
     """Natural-unit bounds of a fitted parameter (None: default, e^10 either side of the start;
-    efficiencies are capped at 1)."""
+    efficiencies are capped at 1). Fits run in log space, so a given bound must be > 0."""
     lower: float | None = None
     upper: float | None = None
+
+    def __post_init__(self):
+        for side in ("lower", "upper"):
+            value = getattr(self, side)
+            if value is not None and not (np.isfinite(value) and value > 0):
+                raise ConfigError(f"bound {side} must be a finite number > 0 (fits are in log space), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,10 @@ class Prior:
     """Log-normal prior: log value ~ N(log ``value``, ``sd_log``^2)."""
     value: float
     sd_log: float
+
+    def __post_init__(self):
+        if not (np.isfinite(self.value) and self.value > 0 and np.isfinite(self.sd_log) and self.sd_log > 0):
+            raise ConfigError(f"prior needs value > 0 and sd_log > 0 (e-folds), got {self.value!r}, {self.sd_log!r}")
 
 
 @dataclass
@@ -116,8 +126,8 @@ class FitResult:
 
 def _log_bounds(name, start, bound: Bound | None):
     bound = bound or Bound()
-    lo = np.log(bound.lower) if bound.lower else start - 10.0
-    hi = np.log(bound.upper) if bound.upper else start + 10.0
+    lo = np.log(bound.lower) if bound.lower is not None else start - 10.0
+    hi = np.log(bound.upper) if bound.upper is not None else start + 10.0
     if name.endswith("efficiency") and bound.upper is None:
         hi = np.minimum(hi, 0.0)
     lo, hi = np.broadcast_arrays(np.asarray(lo, float), np.asarray(hi, float))
@@ -199,7 +209,7 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
     start = {n: np.asarray(params.log[n], dtype=np.float64) for n in names}
     for n in names:
         b = bounds.get(n)
-        if not np.all(np.isfinite(start[n])) and not (b and b.lower and b.upper):
+        if not np.all(np.isfinite(start[n])) and not (b and b.lower is not None and b.upper is not None):
             raise ConfigError(f"fit parameter {n} starts at 0 (switched off): give it Bound(lower, upper) "
                               "so the fit knows the range to search")
     lims = {n: _log_bounds(n, np.where(np.isfinite(start[n]), start[n], 0.0), bounds.get(n)) for n in names}
@@ -229,6 +239,9 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
     def theta_of(z):
         return lo + (hi - lo) * sigmoid(z)
 
+    def dtheta_of(z):  # d(log value) / dz of the bounded map
+        return (hi - lo) * sigmoid(z) * (1 - sigmoid(z))
+
     def z_of(theta):
         t = np.where(np.isfinite(theta), theta, (lo + hi) / 2)  # switched off: start mid-range (log scale)
         # A start on a bound would sit where the map is flat and gradients vanish: start just inside.
@@ -253,6 +266,11 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
     if mask.shape != (n_all,) or not mask.any():
         raise ConfigError(f"train mask must be {n_all} booleans with at least one True")
     n_rows = int(mask.sum())
+    bad = mask & ~np.isfinite(r0)
+    if bad.any():  # a non-positive measurement or prediction has no log ratio: say which, never fit NaN
+        raise ConfigError(f"{int(bad.sum())} of {n_rows} fitted rows give no finite residual at the start (first: "
+                          f"row {int(np.flatnonzero(bad)[0])}, predicted {pred0[bad][0]!r}); measurements and "
+                          "predictions must be finite and > 0")
     prior_scale = 0.05 ** 2 / n_rows  # the prior on the scale of a sum of squared log errors at the loss's scale
 
     def rho(r):
@@ -266,7 +284,7 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
         return float(np.sum(w * rho(r)) / np.sum(w) + prior_scale * 0.5 * np.sum(prior_prec * (theta - prior_mu) ** 2))
 
     def gradient(z, r, jac, w):
-        dtheta = (hi - lo) * (s := sigmoid(z)) * (1 - s)
+        dtheta = dtheta_of(z)
         g = jac.T @ (w * psi(r)) / np.sum(w) + prior_scale * prior_prec * (theta_of(z) - prior_mu) * dtheta
         return g, dtheta
 
@@ -314,7 +332,7 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
     theta = {n: theta[n].reshape(sh) for n, sh in zip(names, shapes)}
 
     # Laplace / Gauss-Newton covariance in the flat vector of log values (chain rule through the map).
-    dtheta = (hi - lo) * (s := sigmoid(z)) * (1 - s)
+    dtheta = dtheta_of(z)
     at_bound = [labels[j] for j in range(flat.size) if min(flat[j] - lo[j], hi[j] - flat[j]) < 1e-3]
     jac = jac_z[mask] / np.where(dtheta > 1e-300, dtheta, np.inf)
     r = r_all[mask]

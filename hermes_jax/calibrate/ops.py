@@ -12,6 +12,7 @@ model uses, so parameters fitted here mean the same thing there.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -22,8 +23,12 @@ from ..errors import ConfigError
 from ..hardware.catalog import get_hardware
 from ..hardware.params import DTYPES, ELEMENTWISE_KERNELS, HardwareParams
 from ..kernels.collectives import collective_time
+from ..iteration import kernel_terms
 from ..kernels.roofline import op_time
+from ..models.operators import ATTENTION, ELEMENTWISE, GEMM
+from .fit import FitResult, LogHuber, fit_parameters
 from .readers import read_csv_strings
+from .report import fitted_profile, parameter_lines, write_report
 
 COLLECTIVES = ("allreduce", "alltoall", "sendrecv")
 REQUIRED = ("hardware", "kind", "flop", "bytes", "time_s")
@@ -118,32 +123,24 @@ class OpTable:
         self.rows = rows[rows.hardware == device].reset_index(drop=True)
         if self.rows.empty:
             raise ConfigError(f"no op rows on {device}")
-        self.spec = get_hardware(device).spec
-        self.kinds = sorted(set(self.rows.kind))
+        self.devices_per_node = get_hardware(device).spec.devices_per_node
+        # one vectorised call per (kind, dtype, collective group): the static parts of a kernel's time
+        self.groups = [(key, g.index.to_numpy()) for key, g in self.rows.groupby(["kind", "dtype", "group_size"])]
 
     def predict(self, params: HardwareParams):
-        times, index = [], []
-        for kind in self.kinds:
-            g = self.rows[self.rows.kind == kind]
+        """Seconds per execution of every row (table order), with the iteration model's kernel terms."""
+        times = []
+        for (kind, dtype, group), index in self.groups:
+            g = self.rows.iloc[index]
             flop, nbytes = (jnp.asarray(g[c].to_numpy(float), params.log["hbm_bandwidth"].dtype) for c in ("flop", "bytes"))
             base, _, sub = kind.partition(":")
             if base == "collective":
-                t = jnp.concatenate([collective_time(sub, nbytes[k:k + 1], int(p), params, self.spec.devices_per_node)
-                                     for k, p in enumerate(g.group_size.astype(int))])
+                times.append(collective_time(sub, nbytes, int(group), params, self.devices_per_node))
             else:
-                peak = jnp.stack([params.peak(d) for d in g.dtype]) if base != "elementwise" else params.peak("fp32")
-                if base == "elementwise":
-                    eff, half = params.compute_efficiency, 0.0
-                    mem = params.elementwise_efficiency[ELEMENTWISE_KERNELS.index(sub)]
-                else:
-                    eff = params.compute_efficiency if base == "gemm" else params.attention_efficiency
-                    half, mem = params.compute_half_flop, params.memory_efficiency
-                    if base == "attention":
-                        mem = mem * params.attention_memory_efficiency
-                t = op_time(flop, nbytes, params, peak, eff, half, mem)[0]
-            times.append(t)
-            index.append(g.index.to_numpy())
-        order = np.argsort(np.concatenate(index))
+                op_kind = {"gemm": GEMM, "attention": ATTENTION, "elementwise": ELEMENTWISE}[base]
+                terms = kernel_terms(params, op_kind, sub, params.peak(dtype))
+                times.append(op_time(flop, nbytes, params, *terms)[0])
+        order = np.argsort(np.concatenate([index for _, index in self.groups]))
         return jnp.concatenate(times)[order]
 
     def measured(self) -> np.ndarray:
@@ -154,15 +151,54 @@ OP_NAMES = ("compute_efficiency", "compute_half_flop", "memory_efficiency", "mem
 """Default kernel-level fit: GEMM roofline efficiencies, their half sizes and the per-kernel floor."""
 
 
+@dataclass
+class OpCalibration:
+    """Kernel-level values fitted on one device, scored per kernel kind."""
+
+    fit: FitResult
+    rows: pd.DataFrame            # op rows + before, after (s per execution)
+    device: str
+    stack: str | None             # the stack the fit started from and whose profile it extends
+    data: list[dict]              # {"path", "sha256"}
+
+    def errors(self) -> pd.DataFrame:
+        """MAPE (%) before and after the fit, per kernel kind."""
+        out = []
+        for kind, g in self.rows.groupby("kind", sort=True):
+            out.append({"kind": kind, "points": len(g), "mape_before_pct": float((g.before / g.time_s - 1).abs().mean() * 100),
+                        "mape_after_pct": float((g.after / g.time_s - 1).abs().mean() * 100)})
+        return pd.DataFrame(out)
+
+    def write(self, out) -> list:
+        """Markdown and JSON report and a stack file (``--stack-file``) with this device's fitted values."""
+        import datetime
+        date = datetime.date.today().isoformat()
+        err = self.errors()
+        md = [f"# Kernel fit on {self.device} ({date})", "", "| kind | points | MAPE before | MAPE after |",
+              "|---|---|---|---|"]
+        md += [f"| {r.kind} | {r.points} | {r.mape_before_pct:.1f}% | {r.mape_after_pct:.1f}% |" for r in err.itertuples()]
+        md += [""] + parameter_lines(self.fit)
+        prov = {"summary": f"fitted to {len(self.rows)} kernel timings on {date}", "fitted": ", ".join(self.fit.names),
+                "data": "; ".join(f"{d['path']} sha256 {d['sha256'][:16]}" for d in self.data),
+                "warnings": " | ".join(self.fit.warnings) or "none"}
+        profile = fitted_profile(self.stack or f"kernels-{self.device}", self.device, self.fit, prov)
+        record = {"by_kind": err.to_dict("records"), "warnings": self.fit.warnings,
+                  "parameters": {n: np.asarray(self.fit.value(n)).tolist() for n in self.fit.names}}
+        return write_report(out, f"{self.stack or 'kernels'}-{self.device}-ops", md, record, profile,
+                            f"Written by hermes-jax calibrate --ops ({date}).")
+
+
 def calibrate_ops(rows: pd.DataFrame, device: str, names=OP_NAMES, *, stack: str | None = None, loss=None,
-                  bounds=None, priors=None, steps: int = 300, polish_steps: int = 60, bootstrap: int = 0, progress=None):
-    """(FitResult, rows with before/after seconds) of ``names`` fitted to the op rows on ``device``,
-    starting from ``stack``'s values there (None: the catalog's)."""
-    from .fit import LogHuber, fit_parameters
+                  bounds=None, priors=None, steps: int = 300, polish_steps: int = 60, bootstrap: int = 0,
+                  data_files=(), progress=None) -> OpCalibration:
+    """Fit ``names`` to the op rows on ``device``, starting from ``stack``'s values there (None: the
+    catalog's)."""
+    from .static_fit import data_record
     table = OpTable(rows, device)
     hw = get_hardware(device, stack=stack)
     meas = table.measured()
     fit = fit_parameters(lambda p: (table.predict(p), meas), hw.params, list(names), loss=loss or LogHuber(),
                          bounds=bounds, priors=priors, steps=steps, polish_steps=polish_steps, bootstrap=bootstrap,
                          progress=progress)
-    return fit, table.rows.assign(before=fit.predicted_start, after=fit.predicted)
+    return OpCalibration(fit, table.rows.assign(before=fit.predicted_start, after=fit.predicted), device, stack,
+                         data_record(data_files))

@@ -37,13 +37,31 @@ def parameter_lines(fit: FitResult) -> list[str]:
     boot = bool(fit.bootstrap_sd)
     lines = ["| parameter | value | 90% interval (Laplace) | sd (e-folds) |" + (" bootstrap sd |" if boot else ""),
              "|---|---|---|---|" + ("---|" if boot else "")]
-    first = lambda x: float(np.ravel(x)[0])  # noqa: E731
-    for n in fit.names:
+    for n in fit.names:  # a vector parameter gets one row per entry
         lo, hi = fit.interval90[n]
-        row = f"| {n} | {first(fit.value(n)):.4g} | [{first(lo):.3g}, {first(hi):.3g}] | {first(fit.sd_log[n]):.3g} |"
-        lines.append(row + (f" {first(fit.bootstrap_sd[n]):.3g} |" if boot else ""))
+        size = np.size(fit.value(n))
+        for j, (v, a, b, sd) in enumerate(zip(*(np.ravel(x) for x in (fit.value(n), lo, hi, fit.sd_log[n])))):
+            label = n if size == 1 else f"{n}[{j}]"
+            row = f"| {label} | {v:.4g} | [{a:.3g}, {b:.3g}] | {sd:.3g} |"
+            lines.append(row + (f" {np.ravel(fit.bootstrap_sd[n])[j]:.3g} |" if boot else ""))
     lines += ["", "Warnings:" if fit.warnings else "No identifiability warnings."]
     return lines + [f"- {w}" for w in fit.warnings]
+
+
+def jsonable(value):
+    """``value`` with NumPy scalars and arrays as plain numbers and lists, and every NaN or infinity
+    (an unmeasured TTFT, an unbounded interval) as null: the JSON stays valid and says 'none'."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
 
 
 def write_report(out: str | Path, stem: str, markdown: list[str], record: dict, profile: StackProfile,
@@ -54,6 +72,6 @@ def write_report(out: str | Path, stem: str, markdown: list[str], record: dict, 
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.md", out / f"{stem}.json", out / f"{stem}.toml"]
     paths[0].write_text("\n".join(markdown) + "\n")
-    paths[1].write_text(json.dumps(record, indent=1, default=float))
+    paths[1].write_text(json.dumps(jsonable(record), indent=1, allow_nan=False))
     paths[2].write_text(profiles_to_toml({profile.name: profile}, header))
     return paths

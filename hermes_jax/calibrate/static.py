@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..engine import EngineSpec
 from ..hardware.catalog import SystemSpec
-from ..hardware.params import DTYPES, HardwareParams
+from ..hardware.params import HardwareParams
 from ..models.config import dtype_bytes, get_model
 from ..models.operators import Parallelism
 from ..stacks.kv import kv_capacity, static_batch_in_waves, static_waves
@@ -39,15 +39,14 @@ def datasheet_floor(engine: EngineSpec, params: HardwareParams, batch, prompt, o
     it needs once (MoE: the shared part and top-k of the routed experts) at datasheet bandwidth, and
     the prefill does its weight FLOP at datasheet peak. A measurement below it did not do the work."""
     m, par = engine.model, engine.parallel
-    nat = {k: np.asarray(np.exp(np.asarray(params.log[k], np.float64))) for k in ("hbm_bandwidth", "peak_flops")}
     active = float(m.param_count())
     if m.is_moe:
         _, routed = m.moe_layer_params()
         active -= m.moe_layers * routed * (1.0 - m.top_k / m.experts)
     devices = par.tp * par.pp
     step_bytes = active * dtype_bytes(engine.weight_dtype) / devices
-    peak = float(nat["peak_flops"][DTYPES.index(engine.compute_dtype)])
-    return (np.maximum(output - 1, 0) * step_bytes / float(nat["hbm_bandwidth"])
+    peak = float(params.peak(engine.compute_dtype))
+    return (np.maximum(output - 1, 0) * step_bytes / float(params.hbm_bandwidth)
             + 2.0 * active * batch * prompt / devices / peak)
 
 

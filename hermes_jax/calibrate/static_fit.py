@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from ..hardware.catalog import get_hardware
 from ..stacks import StackProfile, get_stack
 from .fit import Bound, FitResult, LogHuber, Prior, fit_parameters
-from .report import fitted_profile, parameter_lines, stack_values, write_report
+from .report import fitted_profile, parameter_lines, write_report
 from .static import StaticBatchTable
 
 DEFAULT_START = "sarathi-2024"
@@ -51,6 +51,11 @@ def _display_path(path: str | Path) -> str:
         if parts[i:i + 2] == ("shared", "data"):
             return "/".join(parts[i:])
     return str(path)
+
+
+def data_record(paths: Sequence[str | Path]) -> list[dict]:
+    """Provenance of the data files a fit read: ``{"path", "sha256"}`` each."""
+    return [{"path": _display_path(p), "sha256": file_sha256(p)} for p in paths]
 
 
 def _versions() -> dict[str, str]:
@@ -95,16 +100,13 @@ class StaticCalibration:
                         "median_ape_after_pct": float(np.median(np.abs(g.after / g.latency_s - 1)) * 100)})
         return pd.DataFrame(out)
 
-    def values(self) -> dict:
-        """Every stack field of the fitted parameters (natural units): a self-contained profile."""
-        return stack_values(self.fit)
-
     def provenance(self) -> dict[str, str]:
         err = self.errors().set_index("split")
         score = "; ".join(f"{s} {int(err.loc[s, 'points'])} rows MAPE {err.loc[s, 'mape_after_pct']:.1f}%"
                           for s in err.index)
-        intervals = ", ".join(f"{n} [{float(np.ravel(lo)[0]):.3g}, {float(np.ravel(hi)[0]):.3g}]"
-                              for n, (lo, hi) in self.fit.interval90.items())
+        intervals = ", ".join(f"{n}{'' if np.size(lo) == 1 else f'[{j}]'} [{a:.3g}, {b:.3g}]"
+                              for n, (lo, hi) in self.fit.interval90.items()
+                              for j, (a, b) in enumerate(zip(np.ravel(lo), np.ravel(hi))))
         return {"summary": f"fitted to {len(self.rows)} static-batch runs ({score}) on {self.date}",
                 "data": "; ".join(f"{d['path']} sha256 {d['sha256'][:16]}" for d in self.data),
                 "split": self.split, "loss": f"{self.loss}: {self.fit.loss:.5g}", "start": self.start,
@@ -188,7 +190,15 @@ def split_rows(rows: pd.DataFrame, held_out: Mapping[str, Sequence] | None = Non
         for column, values in held_out.items():
             if column not in rows.columns:
                 raise ConfigError(f"split column {column!r} not in the data; columns: {', '.join(rows.columns)}")
-            values = [type(rows[column].iloc[0])(v) if len(rows) else v for v in values]
+            try:
+                values = [type(rows[column].iloc[0])(v) if len(rows) else v for v in values]
+            except ValueError:
+                raise ConfigError(f"split column {column!r}: held-out values {values} are not of the column's "
+                                  f"type ({rows[column].dtype})") from None
+            absent = [v for v in values if not (rows[column] == v).any()]
+            if absent:  # a misspelt value would silently hold out nothing
+                raise ConfigError(f"split column {column!r}: no row has {', '.join(map(str, absent))}; values: "
+                                  f"{', '.join(map(str, sorted(rows[column].unique())))}")
             test |= rows[column].isin(values).to_numpy()
             parts.append(f"{column} in {{{', '.join(map(str, values))}}}")
         return test, "held out: " + " or ".join(parts)
@@ -227,6 +237,5 @@ def calibrate_static(rows: pd.DataFrame, device: str, stack: str, *, names: Sequ
     kept = kept.assign(split=np.where(test, "test", "train"), before=result.predicted_start, after=result.predicted)
     impossible = rows.iloc[table.impossible.row].assign(reason=table.impossible.reason.to_numpy()) \
         if len(table.impossible) else rows.iloc[:0].assign(reason=[])
-    data = [{"path": _display_path(p), "sha256": file_sha256(p)} for p in data_files]
-    return StaticCalibration(stack, device, start, result, kept, impossible, split, loss.name, data,
+    return StaticCalibration(stack, device, start, result, kept, impossible, split, loss.name, data_record(data_files),
                              datetime.date.today().isoformat(), time.perf_counter() - t0)

@@ -65,15 +65,17 @@ def measured_summaries(trace: RequestTrace, bandwidth: float = 0.02) -> np.ndarr
 
 @dataclass
 class TraceCalibration:
+    """Parameters fitted to a trace's latency summaries, with the summaries before and after."""
+
     fit: FitResult
     summaries: pd.DataFrame       # metric, measured, before, after (s)
     requests: int
     finished_before: int
     finished_after: int
 
-    stack: str = ""
-    device: str = ""
-    source: str = ""
+    stack: str = ""               # the engine's stack ("" : catalog values), whose profile the fit extends
+    device: str = ""              # catalog device the trace ran on
+    source: str = ""              # the trace file
 
     def errors(self) -> pd.DataFrame:
         s = self.summaries
@@ -94,7 +96,7 @@ class TraceCalibration:
                 "fitted": ", ".join(self.fit.names), "warnings": " | ".join(self.fit.warnings) or "none"}
         profile = fitted_profile(self.stack or f"trace-{self.device}", self.device, self.fit, prov)
         record = {"summaries": err.to_dict("records"), "warnings": self.fit.warnings,
-                  "parameters": {n: float(np.ravel(self.fit.value(n))[0]) for n in self.fit.names}}
+                  "parameters": {n: np.asarray(self.fit.value(n)).tolist() for n in self.fit.names}}
         return write_report(out, stem or f"{self.stack or 'catalog'}-{self.device}-trace", md, record, profile,
                             f"Written by hermes-jax calibrate --trace ({date}).")
 

@@ -30,10 +30,12 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
+from ..tomlio import json_lines, read_text
 from .readers import read_csv_strings
 
 COLUMNS = ("arrival_s", "input", "output", "ttft_s", "e2e_s", "itl_s")
-_SCALE = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "sec": 1.0}
+_SCALE = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "sec": 1.0}   # time units -> s
+_COUNTS = ("tokens", "")                                                   # token counts, as they are
 
 
 @dataclass
@@ -59,18 +61,19 @@ def _frame(records: list[dict], path: Path, fmt: str) -> RequestTrace:
     rows = df[~failed].drop(columns="error").reset_index(drop=True)
     for col in COLUMNS:
         rows[col] = pd.to_numeric(rows[col], errors="coerce").astype(float)
-    where = f"{path} record" if fmt != "csv" else f"{path}:"
+    def where(i):  # a CSV or JSON Lines row by its line, a JSON list entry by its index
+        record = int(rows.record.iloc[i])
+        return f"{path}:{record}" if fmt in ("csv", "aiperf") else f"{path} record {record}"
+
     for col in ("input", "output", "ttft_s", "e2e_s"):
         bad = ~np.isfinite(rows[col].to_numpy()) | (rows[col].to_numpy() < 0)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise ConfigError(f"{where}{'' if fmt == 'csv' else ' '}{int(rows.record.iloc[i])} {col}: expected a finite "
-                              f"number >= 0, got {rows[col].iloc[i]!r}")
+            raise ConfigError(f"{where(i)} {col}: expected a finite number >= 0, got {rows[col].iloc[i]!r}")
     late = rows.ttft_s.to_numpy() > rows.e2e_s.to_numpy() * (1 + 1e-9)
     if late.any():
         i = int(np.flatnonzero(late)[0])
-        raise ConfigError(f"{where}{'' if fmt == 'csv' else ' '}{int(rows.record.iloc[i])}: ttft {rows.ttft_s.iloc[i]:.6g} s "
-                          f"after the end {rows.e2e_s.iloc[i]:.6g} s")
+        raise ConfigError(f"{where(i)}: ttft {rows.ttft_s.iloc[i]:.6g} s after the end {rows.e2e_s.iloc[i]:.6g} s")
     if rows.arrival_s.notna().any():
         rows["arrival_s"] = rows.arrival_s - rows.arrival_s.min()
     skipped = df[failed].assign(reason=df.error[failed].astype(str)).drop(columns="error").reset_index(drop=True)
@@ -84,23 +87,27 @@ def _metric(metrics: dict, name: str, path: Path, line: int):
     if not isinstance(item, dict) or "value" not in item:
         raise ConfigError(f"{path}:{line} metrics.{name}: expected {{\"value\": ..., \"unit\": ...}}")
     unit = item.get("unit", "")
+    if unit not in _SCALE and unit not in _COUNTS:  # never read a value in a unit we do not know
+        raise ConfigError(f"{path}:{line} metrics.{name}: unit {unit!r} unknown; known: "
+                          f"{', '.join(sorted(_SCALE) + sorted(_COUNTS))}")
     value = item["value"]
     if isinstance(value, list):
         value = float(np.mean(value)) if value else np.nan
-    return float(value) * _SCALE.get(unit, 1.0)
+    try:
+        return float(value) * _SCALE.get(unit, 1.0)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}:{line} metrics.{name}: expected a number, got {value!r}") from None
 
 
-def _aiperf(path: Path, lines: list[str]) -> RequestTrace:
+def _aiperf(path: Path, text: str) -> RequestTrace:
     out = []
-    for k, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{k}: not JSON ({exc.msg})") from None
+    for k, rec in json_lines(path, text):
+        if not isinstance(rec, dict):
+            raise ConfigError(f"{path}:{k}: expected a record object with metadata and metrics")
         meta, metrics, err = rec.get("metadata") or {}, rec.get("metrics") or {}, rec.get("error")
         start = meta.get("request_start_ns")
+        if start is not None and not isinstance(start, (int, float)):
+            raise ConfigError(f"{path}:{k} metadata.request_start_ns: expected a number, got {start!r}")
         row = {"record": k, "arrival_s": start * 1e-9 if start is not None else np.nan,
                "input": _metric(metrics, "input_sequence_length", path, k),
                "output": _metric(metrics, "output_sequence_length", path, k),
@@ -121,6 +128,9 @@ def _vllm(path: Path, data: dict) -> RequestTrace:
         if len(data.get(key, [])) != n:
             raise ConfigError(f"{path} {key}: {len(data.get(key, []))} entries for {n} requests (input_lens)")
     errors = data.get("errors") or [""] * n
+    for key, values in (("errors", errors), ("start_times", data.get("start_times")), ("e2els", data.get("e2els"))):
+        if values is not None and len(values) != n:
+            raise ConfigError(f"{path} {key}: {len(values)} entries for {n} requests (input_lens)")
     starts = data.get("start_times")
     out = []
     for i in range(n):
@@ -169,15 +179,12 @@ def _csv(path: Path) -> RequestTrace:
 def read_request_trace(path: str | Path) -> RequestTrace:
     """Read a per-request measurement file in any of the module's formats."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    text = read_text(path)
     if path.suffix == ".csv":
         return _csv(path)
     stripped = text.lstrip()
     if path.suffix == ".jsonl" or (stripped.startswith("{") and "\n{" in stripped.rstrip()):
-        return _aiperf(path, text.splitlines())
+        return _aiperf(path, text)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -10,7 +10,6 @@ a bad value is reported with its file and line.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
+from ..tomlio import json_lines
 from .scenario import Client, Distribution, Scenario
 
 
@@ -149,18 +149,11 @@ def read_trace(path: str, fmt: str) -> pd.DataFrame:
                             "output_tokens": _check_column(df, "GeneratedTokens", path)})
     elif fmt == "mooncake":
         rows = []
-        with open(path) as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
-                for key in ("timestamp", "input_length", "output_length"):
-                    if key not in row:
-                        raise ConfigError(f"{path}:{number}: missing field {key!r}")
-                rows.append(row)
+        for number, row in json_lines(path):
+            for key in ("timestamp", "input_length", "output_length"):
+                if key not in row:
+                    raise ConfigError(f"{path}:{number}: missing field {key!r}")
+            rows.append(row)
         df = pd.DataFrame(rows)
         out = pd.DataFrame({"arrival_s": _check_column(df, "timestamp", path, 0, allow_zero=True) / 1e3,
                             "input_tokens": _check_column(df, "input_length", path, 0),
