@@ -9,8 +9,9 @@ decision flips, while a summary over hundreds moves smoothly; quantiles on both 
 kernel-smoothed order statistic.
 
 Assumption: the engine configuration (model, device, parallelism, batch limits, stack) is known;
-only the named parameters are unknown. Which requests finish is held fixed along the path (see the
-estimators in ``sim.estimators``); a fit that leaves requests unfinished says so in its warnings.
+only the named parameters are unknown. Derivatives are the simulator's default estimator's (the
+slope over small log-shifts, ``sim.smoothing.Smoothed``, which sees scheduling decisions move); a
+fit that leaves requests unfinished says so in its warnings.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import pandas as pd
 
 from ..errors import ConfigError
 from ..sim.differentiable import DifferentiableSim, soft_quantile
-from ..sim.estimators import StraightThrough
 from ..sim.scenario import parse_scenario
 from ..sim.workload import Workload
 from .fit import Bound, FitResult, LogHuber, Prior, fit_parameters
@@ -117,7 +117,7 @@ def calibrate_trace(trace: RequestTrace, engine: Mapping, names: Sequence[str], 
                                            "arrival": {"process": "poisson", "rate_per_s": 1.0},
                                            "input_tokens": {"dist": "fixed", "value": 1},
                                            "output_tokens": {"dist": "fixed", "value": 1}}]})
-    sim = DifferentiableSim(scenario, estimator=estimator or StraightThrough(1e-3), workload=workload)
+    sim = DifferentiableSim(scenario, estimator=estimator, workload=workload)
     measured = measured_summaries(trace, sim.quantile_bandwidth)
 
     def summaries(params):

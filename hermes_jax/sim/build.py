@@ -53,14 +53,47 @@ class EngineGroup:
     def kv_array(self):
         return jnp.asarray(self.replica_kv, jnp.int32)
 
+    def with_params(self, params: HardwareParams) -> "EngineGroup":
+        """Every replica on ``params`` (KV blocks recomputed from its HBM capacity)."""
+        kv = kv_capacity_blocks(self.spec, params, self.engine, str(self.engine.hardware))
+        return EngineGroup(self.engine, self.spec, (params,) * len(self.replica_hw), (kv,) * len(self.replica_kv))
+
     def astype(self, dtype) -> "EngineGroup":
         return EngineGroup(self.engine, self.spec, tuple(p.astype(dtype) for p in self.replica_hw), self.replica_kv)
 
 
+def kv_rule(spec: EngineSpec, params: HardwareParams, entry: Engine) -> tuple[float, float, float]:
+    """(share of device memory, bytes reserved per device, KV bytes per block per device): blocks =
+    floor((capacity * share - reserved) / per block). The catalog rule reserves weights and a fixed
+    activation reserve out of ``kv_fraction``; a stack's rule (``stacks.kv.kv_capacity``) reserves
+    weights, its profiling pass's activations and non-torch allocations out of
+    ``gpu_memory_utilization``. One rule for the host (``kv_capacity_blocks``) and the
+    differentiable simulation (``kv_blocks_of``)."""
+    weights = weight_bytes_per_device(spec.model, spec.parallel, spec.weight_dtype)
+    if entry.kv_from_stack:
+        from ..stacks import get_stack
+        from ..stacks.kv import kv_capacity
+        profile = get_stack(entry.stack)
+        cap = kv_capacity(spec, params, profile)
+        return (profile.kv.gpu_memory_utilization, weights + cap.activation_bytes + profile.kv.non_torch_bytes,
+                kv_bytes_per_token_per_device(spec.model, spec.parallel, spec.kv_dtype) * profile.kv.block_size)
+    per_block = kv_bytes_per_token_per_device(spec.model, spec.parallel, spec.kv_dtype) * entry.block_size
+    return entry.kv_fraction, weights + entry.activation_reserve_gb * 1e9, per_block
+
+
+def kv_blocks_of(rule: tuple[float, float, float], log_capacity):
+    """KV blocks (int32) under ``rule`` for ``log_capacity`` = ln(HBM bytes), traceable."""
+    share, reserved, per_block = rule
+    free = jnp.exp(log_capacity) * share - reserved
+    return jnp.maximum(jnp.floor(free / max(per_block, 1e-30)), 0).astype(jnp.int32)
+
+
 def kv_capacity_blocks(spec: EngineSpec, params: HardwareParams, entry: Engine, hardware: str) -> int:
-    """KV blocks per replica: the usable share of device memory minus weights and the activation
-    reserve, divided by the KV bytes of one block (per device, since KV is sharded like the heads).
-    An engine whose stack sizes its cache uses that stack's rule (``stacks.kv.kv_capacity``)."""
+    """KV blocks per replica: the usable share of device memory minus weights and the reserves,
+    divided by the KV bytes of one block (per device, since KV is sharded like the heads)."""
+    share, reserved, per_block = kv_rule(spec, params, entry)
+    capacity = float(np.exp(np.asarray(params.log["hbm_capacity"], dtype=np.float64)))
+    free = capacity * share - reserved
     if entry.kv_from_stack:
         from ..stacks import get_stack
         from ..stacks.kv import kv_capacity
@@ -71,13 +104,10 @@ def kv_capacity_blocks(spec: EngineSpec, params: HardwareParams, entry: Engine, 
                               f"weights {cap.weights_bytes / 1e9:.1f} GB and profiling activations "
                               f"{cap.activation_bytes / 1e9:.1f} GB. Raise tp/pp or use a smaller dtype.")
         return cap.blocks
-    capacity = float(np.exp(np.asarray(params.log["hbm_capacity"])))
-    weights = weight_bytes_per_device(spec.model, spec.parallel, spec.weight_dtype)
-    free = capacity * entry.kv_fraction - weights - entry.activation_reserve_gb * 1e9
-    per_block = kv_bytes_per_token_per_device(spec.model, spec.parallel, spec.kv_dtype) * entry.block_size
     if free <= per_block:
+        weights = reserved - entry.activation_reserve_gb * 1e9
         raise ConfigError(f"{spec.model.name} on {hardware} (tp={entry.tp}, pp={entry.pp}) "
-                          f"leaves no room for a KV cache: {capacity * entry.kv_fraction / 1e9:.1f} GB usable, weights "
+                          f"leaves no room for a KV cache: {capacity * share / 1e9:.1f} GB usable, weights "
                           f"{weights / 1e9:.1f} GB, reserve {entry.activation_reserve_gb:.1f} GB per device; missing "
                           f"{(per_block - free) / 1e9:.2f} GB. Raise tp/pp, kv_fraction, or use a smaller dtype.")
     return int(free // per_block)

@@ -1,32 +1,42 @@
-"""Differentiable summaries of a simulation: smooth surrogates of latency means, quantiles and
-throughput as pure functions of one engine group's hardware parameters, ready for ``jax.grad``.
+"""Differentiable summaries of a simulation: latency means and quantiles, throughput, goodput, KV
+capacity, energy and cost as pure functions of one engine group's hardware parameters, ready for
+``jax.grad``, ``jax.jacfwd`` and the fitters.
 
-    model = DifferentiableSim(scenario, estimator=StraightThrough(1e-3))
+    model = DifferentiableSim(scenario)                     # estimator: Smoothed() (the default)
     value, grads = jax.value_and_grad(lambda p: model.metrics(p)["e2e_mean_s"])(model.params)
+    f = model.function(["hbm_bandwidth", "host_overhead_s"])   # x = ln values -> metrics
 
 The workload is drawn once (common random numbers): every call replays the same requests, so a
-change in the result comes from the parameters alone. Which requests finish is a discrete outcome
-held fixed along the path; latencies are continuous in the parameters. Surrogates:
+change in the result comes from the parameters alone. How derivatives are taken is the estimator's
+choice (``sim.smoothing.Smoothed``: the slope over small log-shifts from forward runs, which sees
+every decision the parameters move; ``sim.estimators``: path derivatives through the scan, which
+hold the decisions fixed). docs/gradients.md measures each against the exact reference.
 
-- means over finished requests (exact, differentiable along the path);
-- quantiles as a Gaussian-kernel average of the order statistics around rank q (bandwidth
-  ``quantile_bandwidth`` in rank share), smooth where the plain order statistic has kinks;
-- throughput as finished output tokens over a smooth maximum (log-sum-exp, ``temperature_s``) of the
-  finish times.
+Forward values are the plain simulation's except for two surrogates, kept smooth for the path
+estimators: quantiles as a Gaussian-kernel average of the order statistics around rank q
+(``quantile_bandwidth`` in rank share) and the makespan of ``throughput_tokens_s`` as a log-sum-exp
+(``temperature_s``) of the finish times. Counts (finished requests, tokens, KV blocks) are exact.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import NamedTuple, Sequence
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..errors import ConfigError
 from ..hardware.params import HardwareParams, stack
-from .build import build_group
+from .build import build_group, group_config, kv_blocks_of, kv_rule
 from .engine import run
 from .estimators import Pathwise
 from .scenario import Scenario
 from .simulate import _group_rows, prepare
+from .smoothing import Smoothed, smoothing_gap
+from .state import Requests
 from .workload import Workload, build_workload
 
 QUANTILES = (0.5, 0.9, 0.99)
@@ -41,10 +51,106 @@ def soft_quantile(values, mask, q: float, bandwidth: float = 0.02):
     return jnp.sum(jnp.where(weight > 0, ordered, 0.0) * weight) / jnp.maximum(weight.sum(), 1e-30)
 
 
-class DifferentiableSim:
-    """One engine group of a scenario as a function of its hardware parameters (shared by replicas)."""
+def request_bucket(n: int) -> int:
+    """Padded request count: the next of 64, 96, 128, 192, 256, ... (at most 1.5x the requests), so
+    workloads of similar size share one compiled function."""
+    size = 64
+    while size < n:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
 
-    def __init__(self, scenario: Scenario, engine: str | None = None, estimator=Pathwise(), checkpoint: bool = True,
+
+@dataclass(frozen=True)
+class _Static:
+    """What the compiled summaries depend on besides arrays (hashable: the jit cache key)."""
+
+    cfg: object
+    kv_rule: tuple[float, float, float]
+    dt: float
+    horizon_s: float
+    devices: int
+    estimator: object
+    checkpoint: bool
+    quantile_bandwidth: float
+    temperature_s: float
+
+
+class _Data(NamedTuple):
+    """Per-request inputs (padded to the bucket; padding never arrives)."""
+
+    requests: Requests
+    arrival_s: jax.Array      # (N,) s
+    output_tokens: jax.Array  # (N,) tokens
+    slo_ttft_s: jax.Array     # (N,) s (inf: none)
+    slo_tpot_s: jax.Array     # (N,) s
+    issued: jax.Array         # (N,) bool, arrives before the horizon (padding: False)
+
+
+def _simulate(st: _Static, params: HardwareParams, data: _Data):
+    R = st.cfg.replicas
+    hw = stack([params] * R)
+    kv = jnp.broadcast_to(kv_blocks_of(st.kv_rule, params.log["hbm_capacity"]), (R,))
+    return run(st.cfg, hw, data.requests, kv, st.checkpoint), kv
+
+
+def _summaries(st: _Static, log: dict, data: _Data) -> dict:
+    params = HardwareParams(log)
+    (state, trace), kv = _simulate(st, params, data)
+    rec = state.records
+    f = params.log["hbm_bandwidth"].dtype
+
+    def when(step, off):
+        return jnp.where(step >= 0, step.astype(f) * st.dt + off.astype(f), 0.0)
+
+    done = rec.finish_step >= 0
+    arrival = data.arrival_s.astype(f)
+    first, finish = when(rec.first_step, rec.first_off), when(rec.finish_step, rec.finish_off)
+    ttft, e2e = first - arrival, finish - arrival
+    out_tokens = data.output_tokens
+    tpot = jnp.where(out_tokens > 1, (finish - first) / jnp.maximum(out_tokens - 1, 1).astype(f), 0.0)
+    n = jnp.maximum(done.sum(), 1)
+    out = {}
+    for name, value in (("ttft", ttft), ("tpot", tpot), ("e2e", e2e)):
+        out[f"{name}_mean_s"] = jnp.where(done, value, 0.0).sum() / n
+        for q in QUANTILES:
+            out[f"{name}_p{round(q * 100)}_s"] = soft_quantile(value, done, q, st.quantile_bandwidth)
+    T = st.temperature_s
+    makespan = T * jax.nn.logsumexp(jnp.where(done, finish, -jnp.inf) / T)
+    tokens = jnp.where(done, out_tokens, 0).sum().astype(f)
+    horizon = jnp.asarray(st.horizon_s, f)
+    out["throughput_tokens_s"] = tokens / makespan
+    out["finished"] = done.sum().astype(f)
+    out["finished_tokens"] = tokens
+    meets = done & (ttft <= data.slo_ttft_s) & (tpot <= data.slo_tpot_s)
+    out["goodput_rps"] = meets.sum().astype(f) / horizon
+    out["slo_attainment"] = meets.sum().astype(f) / jnp.maximum(data.issued.sum(), 1)
+    out["kv_blocks"] = kv.astype(f).mean()
+    R, d = st.cfg.replicas, st.devices
+    busy = jnp.minimum(trace.busy_s.astype(f).sum(), R * horizon)
+    out["utilization"] = busy / (R * horizon)
+    idle_w, max_w = jnp.exp(params.log["power_idle_w"]), jnp.exp(params.log["power_max_w"])
+    out["energy_j"] = d * (R * idle_w * horizon + (max_w - idle_w) * busy)
+    out["cost_usd"] = d * R * jnp.exp(params.log["price_per_hour"]) * horizon / 3600.0
+    out["j_per_token"] = out["energy_j"] / jnp.maximum(tokens, 1.0)
+    out["usd_per_mtok"] = out["cost_usd"] / jnp.maximum(tokens, 1.0) * 1e6
+    return out
+
+
+@partial(jax.jit, static_argnums=0)
+def _metrics(st: _Static, log: dict, data: _Data) -> dict:
+    """One compile per static configuration and request bucket; workload and parameters are arguments."""
+    lanes = replace(st, cfg=replace(st.cfg, vmap_guard=True))
+    return st.estimator.differentiate(partial(_summaries, st), partial(_summaries, lanes))(log, data)
+
+
+class DifferentiableSim:
+    """One engine group of a scenario as a function of its hardware parameters (shared by replicas).
+
+    Compile once, run many: the workload and the parameters are arguments of one compiled function
+    per (engine configuration, horizon / dt, estimator, request bucket), so models built for other
+    seeds or traces of similar size reuse it."""
+
+    def __init__(self, scenario: Scenario, engine: str | None = None, estimator=None, checkpoint: bool = True,
                  workload: Workload | None = None, quantile_bandwidth: float = 0.02, temperature_s: float = 0.1):
         entry = scenario.engine(engine) if engine else scenario.engines[0]
         if engine is None and len(scenario.engines) > 1:
@@ -54,22 +160,44 @@ class DifferentiableSim:
         rows = _group_rows(scenario, workload, entry.name)
         if rows.size == 0:
             raise ConfigError(f"{scenario.source}: no client sends requests to engine {entry.name!r}")
+        estimator = Smoothed() if estimator is None else estimator
+        self.estimator = estimator
         self.group = build_group(entry)
-        cfg, self.requests, reasons, _ = prepare(self.group, scenario, workload, rows)
-        # routing at step starts keeps the scan reverse-differentiable (no loop over arrivals)
-        self.cfg = type(cfg)(**{**cfg.__dict__, "estimator": estimator, "route_each_arrival": False})
-        self.kv = self.group.kv_array()
+        _, req, reasons, _ = prepare(self.group, scenario, workload, rows)
+        n, size = len(rows), request_bucket(len(rows))
+        per_step = np.diff(np.asarray(req.step_first))
+        arrivals = 1 << int(np.ceil(np.log2(max(int(per_step.max(initial=0)), 1))))
+        cfg = group_config(self.group, scenario, arrivals, queue=size, users=int(req.user.max(initial=-1)) + 1)
+        if isinstance(estimator, Smoothed):
+            # forward runs only: keep the exact per-arrival routing
+            cfg = replace(cfg, estimator=Pathwise())
+        else:   # routing at step starts keeps the scan reverse-differentiable (no loop over arrivals)
+            cfg = replace(cfg, estimator=estimator, route_each_arrival=False)
+        self.cfg = cfg
+        self.requests = pad_requests(req, size)
+        self.rows, self.reasons = rows, reasons
         self.params: HardwareParams = self.group.params
         self.dt = scenario.simulation.dt_s
-        self.checkpoint = checkpoint
-        self.arrival = jnp.asarray(workload.arrival_s[rows])
-        self.output_tokens = jnp.asarray(workload.output_tokens[rows])
+        self.horizon_s = scenario.simulation.horizon_s
+        self._static = _Static(cfg, kv_rule(self.group.spec, self.group.params, entry), self.dt, self.horizon_s,
+                               entry.tp * entry.pp, estimator, checkpoint and not isinstance(estimator, Smoothed),
+                               quantile_bandwidth, temperature_s)
+        clients = scenario.clients
+        client = workload.client[rows]
+
+        def padded(x, fill):
+            return jnp.asarray(np.concatenate([np.asarray(x), np.full(size - n, fill, np.asarray(x).dtype)]))
+
+        self._data = _Data(self.requests, padded(workload.arrival_s[rows], 0.0), padded(workload.output_tokens[rows], 1),
+                           padded(np.array([c.slo_ttft_s for c in clients])[client], np.inf),
+                           padded(np.array([c.slo_tpot_s for c in clients])[client], np.inf),
+                           padded(workload.arrival_s[rows] < self.horizon_s, False))
+        self.arrival, self.output_tokens = self._data.arrival_s, self._data.output_tokens
         self.quantile_bandwidth, self.temperature_s = quantile_bandwidth, temperature_s
 
     def times(self, params: HardwareParams) -> dict:
         """Per-request event times (s from the start; NaN-free: unset events are 0) and masks."""
-        hw = stack([params] * self.group.engine.replicas)
-        state, _ = run(self.cfg, hw, self.requests, self.kv, self.checkpoint)
+        (state, _), _ = _simulate(self._static, params, self._data)
         rec = state.records
 
         def when(step, off):
@@ -80,23 +208,49 @@ class DifferentiableSim:
                 "started": rec.first_step >= 0}
 
     def metrics(self, params: HardwareParams) -> dict:
-        t = self.times(params)
-        done = t["finished"]
-        arrival = self.arrival.astype(t["finish"].dtype)
-        ttft = t["first"] - arrival
-        e2e = t["finish"] - arrival
-        steps = jnp.maximum(self.output_tokens - 1, 1).astype(e2e.dtype)
-        tpot = jnp.where(self.output_tokens > 1, (t["finish"] - t["first"]) / steps, 0.0)
-        n = jnp.maximum(done.sum(), 1)
-        out = {}
-        for name, value in (("ttft", ttft), ("tpot", tpot), ("e2e", e2e)):
-            out[f"{name}_mean_s"] = jnp.where(done, value, 0.0).sum() / n
-            for q in QUANTILES:
-                out[f"{name}_p{round(q * 100)}_s"] = soft_quantile(value, done, q, self.quantile_bandwidth)
-        T = self.temperature_s
-        finish = jnp.where(done, t["finish"], -jnp.inf)
-        makespan = T * jax.nn.logsumexp(finish / T)
-        tokens = jnp.where(done, self.output_tokens, 0).sum()
-        out["throughput_tokens_s"] = tokens / makespan
-        out["finished"] = done.sum()
-        return out
+        """Every summary (floats, see the module docstring), differentiable by the estimator."""
+        return _metrics(self._static, params.log, self._data)
+
+    def function(self, names: Sequence[str], metrics: Sequence[str] | None = None):
+        """``x -> metrics`` with x the concatenated natural logs of ``names`` (their entries, in
+        order) and the other parameters held at ``self.params``; with ``metrics``, a vector of
+        those. Only the named entries are perturbed by a smoothed gradient."""
+        base = self.params.log
+        unknown = [k for k in names if k not in base]
+        if unknown:
+            raise ConfigError(f"unknown parameter(s) {unknown}; known: {', '.join(sorted(base))}")
+        sizes = [int(np.size(base[k])) for k in names]
+
+        def f(x):
+            log, at = dict(base), 0
+            for k, size in zip(names, sizes):
+                log[k] = jnp.reshape(x[at:at + size], np.shape(base[k])).astype(base[k].dtype)
+                at += size
+            out = _metrics(self._static, log, self._data)
+            return out if metrics is None else jnp.stack([out[m] for m in metrics])
+
+        return f
+
+    def x0(self, names: Sequence[str]) -> jnp.ndarray:
+        """The current natural logs of ``names``, concatenated (the start of ``function``)."""
+        return jnp.concatenate([jnp.ravel(self.params.log[k]) for k in names])
+
+    def smoothing_gap(self, names: Sequence[str]) -> dict:
+        """Smoothed minus plain value of every metric under a Smoothed estimator's design over ``names``."""
+        if not isinstance(self.estimator, Smoothed):
+            raise ConfigError("smoothing_gap needs the Smoothed estimator")
+        lanes = replace(self._static, cfg=replace(self._static.cfg, vmap_guard=True))
+        return smoothing_gap(partial(_summaries, lanes), dict(self.params.log), list(names), self.estimator,
+                             self._data)
+
+
+def pad_requests(req: Requests, size: int) -> Requests:
+    """``req`` with ``size - N`` requests appended that never arrive (step past every horizon, not
+    admissible); ``step_first`` is unchanged, so routing never reaches them."""
+    extra = size - req.input_tokens.shape[0]
+    if extra <= 0:
+        return req
+    fill = {"arrival_step": 2**30, "arrival_off": 0.0, "input_tokens": 1, "output_tokens": 1, "cached": 0,
+            "admissible": False, "priority": 0, "next_request": -1, "think": 0.0, "user": -1}
+    return req._replace(**{k: jnp.concatenate([getattr(req, k), jnp.full(extra, v, getattr(req, k).dtype)])
+                           for k, v in fill.items()})

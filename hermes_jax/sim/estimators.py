@@ -42,6 +42,10 @@ class _Estimator:
         """Zero-valued correction added to an admitted request's event times (gradient only)."""
         return jnp.zeros_like(arrival * now)
 
+    def differentiate(self, forward, lanes_forward=None):
+        """Path estimators differentiate the simulation itself (reverse mode through the scan)."""
+        return forward
+
 
 @dataclass(frozen=True)
 class Pathwise(_Estimator):

@@ -10,12 +10,15 @@ benchmarks can measure the error that fixed steps introduce.
 from __future__ import annotations
 
 import heapq
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from ..errors import ConfigError
+from ..hardware.params import HardwareParams
 from ..kernels.transfer import tier_transfer_time
 from .build import REJECT_REASONS, admission_window, build_group, iteration_seconds, reject_reasons, swap_config
 from .metrics import summarize
@@ -234,13 +237,22 @@ def _run_group(group, scenario, workload, rows, df):
     df.loc[rows, "reject_reason"] = np.array(REJECT_REASONS, dtype=object)[reasons]
 
 
-def simulate_reference(scenario: Scenario, workload: Workload | None = None) -> Results:
+def simulate_reference(scenario: Scenario, workload: Workload | None = None,
+                       params: Mapping[str, HardwareParams] | None = None) -> Results:
+    """``params``: per engine name, hardware parameters that replace its replicas' (KV capacity
+    follows), e.g. to measure a metric's slope against the exact simulation."""
     workload = workload or build_workload(scenario)
+    params = dict(params or {})
+    unknown = set(params) - {e.name for e in scenario.engines}
+    if unknown:
+        raise ConfigError(f"simulate_reference params: no engine named {sorted(unknown)}")
     df = request_frame(workload, scenario)
     for entry in scenario.engines:
         rows = _group_rows(scenario, workload, entry.name)
         if rows.size:
             group = build_group(entry)
+            if entry.name in params:
+                group = group.with_params(params[entry.name])
             # float64 kernels where JAX allows it; event times are Python floats either way
             precise = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
             group = group.astype(precise)
