@@ -232,7 +232,77 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--tp", type=int, default=1, help="with --trace: tensor-parallel degree of that engine")
     cal.add_argument("--max-batch-size", type=int, default=256, help="with --trace: the engine's max_num_seqs")
     cal.add_argument("--dt", type=float, default=0.01, help="with --trace: simulator time step (s)")
+    des = sub.add_parser("design", help="search hardware parameters for an objective under SLO constraints",
+                         description="Scale an engine's datasheet parameters (peak FLOP/s, HBM bandwidth and capacity, "
+                                     "link bandwidth, ...) within bounds to minimise cost or energy per token, or "
+                                     "maximise throughput, under constraints on simulated metrics; write the best "
+                                     "design, every evaluated design, a Pareto table and plot.")
+    des.add_argument("scenario", nargs="?", help="scenario TOML (default: the bundled default scenario)")
+    des.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a scenario field (repeatable)")
+    des.add_argument("--stack", default=DEFAULT_STACK, help=f"serving stack (default {DEFAULT_STACK})")
+    des.add_argument("--stack-file", metavar="PATH", help="TOML defining your own stack(s)")
+    des.add_argument("--engine", default=None, help="engine to design (needed with several)")
+    des.add_argument("--vary", action="append", default=[], metavar="NAME=LO:HI",
+                     help="a parameter and its multiplier bounds, e.g. hbm_bandwidth=0.5:2 (repeatable; default "
+                          "peak_flops=0.25:4 and hbm_bandwidth=0.25:4)")
+    des.add_argument("--objective", default="usd_per_mtok", help="usd_per_mtok (default), j_per_token, cost_usd, "
+                     "energy_j (minimised) or throughput_tokens_s, goodput_rps, tokens_per_usd (maximised)")
+    des.add_argument("--slo", action="append", default=[], metavar="METRIC<=V",
+                     help="constraint on a simulated metric, e.g. ttft_p99_s<=2 or goodput_rps>=5 (repeatable)")
+    des.add_argument("--method", default="gradient", choices=["gradient", "random", "cma-es"],
+                     help="search method (default gradient: SQP on smoothed gradients)")
+    des.add_argument("--budget", type=int, default=200, help="simulator evaluations (default 200)")
+    des.add_argument("--seed", type=int, default=0)
+    des.add_argument("--out", default="design-out", help="directory for design.md, designs.csv, design.json, pareto.png")
     return parser
+
+
+def _design(args) -> None:
+    from .design import Constraint, DesignProblem, Variable, cmaes_search, gradient_search, random_search
+    from .design.report import write_design_report
+    from .sim.differentiable import DifferentiableSim
+    from .sim.scenario import load_scenario
+    from .sim.smoothing import Smoothed
+    from .sim import DEFAULT_SCENARIO
+
+    def bounds(text):
+        lo, hi = text.split(":")
+        return float(lo), float(hi)
+
+    varied = _pairs(args.vary, "--vary", bounds) or {"peak_flops": (0.25, 4.0), "hbm_bandwidth": (0.25, 4.0)}
+    constraints = []
+    for item in args.slo:
+        for op in ("<=", ">="):
+            if op in item:
+                metric, value = item.split(op, 1)
+                try:
+                    v = float(value)
+                except ValueError:
+                    raise ConfigError(f"--slo {item!r}: {value!r} is not a number") from None
+                constraints.append(Constraint(metric.strip(), **({"upper": v} if op == "<=" else {"lower": v})))
+                break
+        else:
+            raise ConfigError(f"--slo {item!r}: expected METRIC<=VALUE or METRIC>=VALUE")
+    scenario = load_scenario(args.scenario or str(DEFAULT_SCENARIO), args.overrides, _chosen_stack(args))
+    model = DifferentiableSim(scenario, engine=args.engine, estimator=Smoothed(scales=(0.05,)))
+    known = model.metrics(model.params)
+    for c in constraints:
+        if c.metric not in known:
+            raise ConfigError(f"--slo {c.metric}: unknown metric; known: {', '.join(sorted(known))}")
+    problem = DesignProblem(model, [Variable(n, lo, hi) for n, (lo, hi) in varied.items()], args.objective, constraints)
+    search = {"gradient": lambda: gradient_search(problem, budget=args.budget, seed=args.seed,
+                                                  progress=lambda m: print(f"  {m}", flush=True)),
+              "random": lambda: random_search(problem, args.budget, seed=args.seed),
+              "cma-es": lambda: cmaes_search(problem, args.budget, seed=args.seed)}[args.method]
+    result = search()
+    for p in write_design_report(problem, result, args.out):
+        print(f"wrote {p}")
+    best = result.best(args.objective in ("throughput_tokens_s", "goodput_rps", "tokens_per_usd"))
+    if best is None:
+        print("no feasible design found within the budget (see design.md)")
+    else:
+        print(f"best: {problem.describe(best[1])}: {args.objective} = {best[0]:.4g} after {best[2]} evaluations")
 
 
 def _pairs(items: list[str], flag: str, parse) -> dict:
@@ -361,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         elif args.command == "calibrate":
             _calibrate(args)
+        elif args.command == "design":
+            _design(args)
         elif args.command == "simulate":
             from .sim.report import run_cli
             run_cli(args.scenario, args.out, args.overrides, _chosen_stack(args))

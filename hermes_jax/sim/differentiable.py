@@ -120,6 +120,7 @@ def _summaries(st: _Static, log: dict, data: _Data) -> dict:
     horizon = jnp.asarray(st.horizon_s, f)
     out["throughput_tokens_s"] = tokens / makespan
     out["finished"] = done.sum().astype(f)
+    out["finished_share"] = done.sum().astype(f) / jnp.maximum(data.issued.sum(), 1)
     out["finished_tokens"] = tokens
     meets = done & (ttft <= data.slo_ttft_s) & (tpot <= data.slo_tpot_s)
     out["goodput_rps"] = meets.sum().astype(f) / horizon
@@ -141,6 +142,27 @@ def _metrics(st: _Static, log: dict, data: _Data) -> dict:
     """One compile per static configuration and request bucket; workload and parameters are arguments."""
     lanes = replace(st, cfg=replace(st.cfg, vmap_guard=True))
     return st.estimator.differentiate(partial(_summaries, st), partial(_summaries, lanes))(log, data)
+
+
+def _scaled_summaries(st: _Static, names: tuple, shift: dict, base: dict, data: _Data) -> dict:
+    log = dict(base)
+    for i, k in enumerate(names):
+        log[k] = base[k] + shift["x"][i].astype(base[k].dtype)
+    return _summaries(st, log, data)
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _scaled_metrics(st: _Static, names: tuple, x, base: dict, data: _Data) -> dict:
+    lanes = replace(st, cfg=replace(st.cfg, vmap_guard=True))
+    fwd = st.estimator.differentiate(partial(_scaled_summaries, st, names), partial(_scaled_summaries, lanes, names))
+    return fwd({"x": x}, base, data)
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _scaled_batch(st: _Static, names: tuple, xs, base: dict, data: _Data) -> dict:
+    """Forward only, one vmapped call over rows of ``xs`` (guarded conditionals)."""
+    lanes = replace(st, cfg=replace(st.cfg, vmap_guard=True))
+    return jax.vmap(lambda x: _scaled_summaries(lanes, names, {"x": x}, base, data))(xs)
 
 
 class DifferentiableSim:
@@ -230,6 +252,22 @@ class DifferentiableSim:
             return out if metrics is None else jnp.stack([out[m] for m in metrics])
 
         return f
+
+    def scaled(self, names: Sequence[str]):
+        """``x -> metrics`` with x[i] the natural log of a multiplier of parameter ``names[i]`` (a
+        vector parameter such as ``peak_flops`` scales as a whole), 0 = ``self.params``. The
+        estimator perturbs the len(names) entries of x only."""
+        names = tuple(names)
+        unknown = [k for k in names if k not in self.params.log]
+        if unknown:
+            raise ConfigError(f"unknown parameter(s) {unknown}; known: {', '.join(sorted(self.params.log))}")
+        return lambda x: _scaled_metrics(self._static, names, x, self.params.log, self._data)
+
+    def scaled_batch(self, names: Sequence[str]):
+        """``xs (K, len(names)) -> metrics with a leading K axis``: many designs in one vmapped
+        forward call (no derivatives), for search methods that evaluate populations."""
+        names = tuple(names)
+        return lambda xs: _scaled_batch(self._static, names, xs, self.params.log, self._data)
 
     def x0(self, names: Sequence[str]) -> jnp.ndarray:
         """The current natural logs of ``names``, concatenated (the start of ``function``)."""

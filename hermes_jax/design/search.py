@@ -1,0 +1,213 @@
+"""Search methods over a DesignProblem, all counting simulator evaluations the same way (one
+configuration simulated once = one evaluation; a smoothed gradient costs its lanes), so they can be
+compared at equal budgets: projected Adam on the penalised objective from several starts (the
+gradient search), uniform random search in the log-box, and CMA-ES (the ``cma`` package, optional).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..errors import ConfigError
+from .problem import MAXIMISE, DesignProblem
+
+
+@dataclass
+class SearchResult:
+    method: str
+    evaluations: list = field(default_factory=list)   # cumulative simulator evaluations after each point
+    points: list = field(default_factory=list)        # x (ln multipliers) of each evaluated design
+    objective: list = field(default_factory=list)     # its objective (plain simulation)
+    feasible: list = field(default_factory=list)      # its constraints all hold
+    metrics: list = field(default_factory=list)       # its objective and constraint metrics {name: value}
+
+    def add(self, evals: int, x, value: float, ok: bool, metrics: dict | None = None):
+        self.evaluations.append(int(evals))
+        self.points.append(np.asarray(x, float))
+        self.objective.append(float(value))
+        self.feasible.append(bool(ok))
+        self.metrics.append({k: float(v) for k, v in (metrics or {}).items()})
+
+    def best(self, maximise: bool = False):
+        """(objective, x, evaluations) of the best feasible design (None if none was feasible)."""
+        idx = [i for i, ok in enumerate(self.feasible) if ok]
+        if not idx:
+            return None
+        i = max(idx, key=lambda i: self.objective[i]) if maximise else min(idx, key=lambda i: self.objective[i])
+        return self.objective[i], self.points[i], self.evaluations[i]
+
+    def evaluations_to(self, target: float, maximise: bool = False, rel: float = 0.01):
+        """Evaluations until a feasible design within ``rel`` of ``target`` was seen (None: never)."""
+        for e, v, ok in zip(self.evaluations, self.objective, self.feasible):
+            if ok and (v >= target * (1 - rel) if maximise else v <= target * (1 + rel)):
+                return e
+        return None
+
+
+class _Budget(Exception):
+    pass
+
+
+def gradient_search(problem: DesignProblem, budget: int = 200, starts: int = 8, seed: int = 0,
+                    progress: Callable[[str], None] | None = None) -> SearchResult:
+    """Sequential quadratic programming (scipy SLSQP) on ln(objective) with the constraints as
+    constraints, not penalties, from the box centre and then random starts until ``budget``
+    evaluations. One smoothed Jacobian of every metric (``problem.lanes_per_gradient``
+    evaluations) gives the objective's and every constraint's gradient at a point; trial points of
+    the line search cost one evaluation each (values only)."""
+    from scipy.optimize import minimize
+    result = SearchResult("gradient (SQP)")
+    rng = np.random.default_rng(seed)
+    lo, hi = np.asarray(problem.lower, float), np.asarray(problem.upper, float)
+    keys = [problem.objective] + [c.metric for c in problem.constraints]
+    jac_fn = jax.jit(jax.jacfwd(lambda x: jnp.stack([problem.metrics(x)[k] for k in keys])))
+    value_fn = jax.jit(lambda x: jnp.stack([problem.metrics(x)[k] for k in keys]))
+    sign = -1.0 if problem.objective in MAXIMISE else 1.0
+    values, jacobians = {}, {}
+    evals = [0]
+
+    def spend(n):
+        if evals[0] + n > budget:
+            raise _Budget
+        evals[0] += n
+
+    def at(x, need_jac):
+        key = tuple(np.round(x, 12))
+        if need_jac and key not in jacobians:
+            spend(problem.lanes_per_gradient)
+            v = np.asarray(value_fn(jnp.asarray(x)))    # the Jacobian's base lane (value computed apart)
+            jacobians[key] = np.asarray(jac_fn(jnp.asarray(x)))
+            values[key] = v
+            result.add(evals[0], x, float(v[0]), _feasible(problem, v[1:]), dict(zip(keys, v)))
+        elif key not in values:
+            spend(1)
+            v = np.asarray(value_fn(jnp.asarray(x)))
+            values[key] = v
+            result.add(evals[0], x, float(v[0]), _feasible(problem, v[1:]), dict(zip(keys, v)))
+        return values[key], jacobians.get(key)
+
+    def fun(x):
+        v, _ = at(x, False)
+        return float(sign * np.log(max(float(v[0]), 1e-30)))
+
+    def fun_jac(x):
+        v, J = at(x, True)
+        return np.asarray(sign * J[0] / max(float(v[0]), 1e-30), np.float64)
+
+    def cons(x):
+        v, _ = at(x, False)
+        return np.array([_margin(c, float(v[i + 1])) for i, c in enumerate(problem.constraints)], np.float64)
+
+    def cons_jac(x):
+        v, J = at(x, True)
+        return np.array([_margin_grad(c, J[i + 1]) for i, c in enumerate(problem.constraints)], np.float64)
+
+    try:
+        for k in range(starts):
+            x0 = np.zeros(len(lo)) if k == 0 else rng.uniform(lo, hi)
+            minimize(fun, x0, jac=fun_jac, bounds=list(zip(lo, hi)), method="SLSQP",
+                     constraints=[{"type": "ineq", "fun": cons, "jac": cons_jac}], options={"maxiter": 30, "ftol": 1e-5})
+            if progress:
+                progress(f"gradient start {k + 1}/{starts}: {evals[0]} evaluations")
+    except _Budget:
+        pass
+    return result
+
+
+def _margin(c, value):
+    """>= 0 when the constraint holds (relative)."""
+    return 1.0 - value / c.upper if c.upper is not None else value / c.lower - 1.0
+
+
+def _margin_grad(c, grad):
+    return -grad / c.upper if c.upper is not None else grad / c.lower
+
+
+def _feasible(problem, constraint_values) -> bool:
+    return all(_margin(c, v) >= 0 for c, v in zip(problem.constraints, constraint_values))
+
+
+def adam_search(problem: DesignProblem, starts: int = 4, steps: int = 40, learning_rate: float = 0.1,
+                seed: int = 0, budget: int | None = None, progress: Callable[[str], None] | None = None
+                ) -> SearchResult:
+    """Projected Adam (optax) on the penalised objective, from the box centre then random starts;
+    each step costs ``problem.lanes_per_gradient`` evaluations. Stops at ``budget`` evaluations."""
+    import optax
+    result = SearchResult("gradient (Adam, penalty)")
+    rng = np.random.default_rng(seed)
+    lo, hi = np.asarray(problem.lower), np.asarray(problem.upper)
+    def penalised(x):
+        m = problem.metrics(x)
+        return problem.penalised(m), m
+
+    value_grad = jax.jit(jax.value_and_grad(penalised, has_aux=True))
+    evals, opt = 0, optax.adam(learning_rate)
+    for k in range(starts):
+        x = jnp.asarray(np.zeros(len(lo)) if k == 0 else rng.uniform(lo, hi))
+        state = opt.init(x)
+        for step in range(steps):
+            if budget is not None and evals + problem.lanes_per_gradient > budget:
+                return result
+            (_, m), g = value_grad(x)      # m: the plain simulation at x (the lanes' base run)
+            evals += problem.lanes_per_gradient
+            result.add(evals, x, float(m[problem.objective]), bool(problem.feasible(m)),
+                       {k: m[k] for k in [problem.objective] + [c.metric for c in problem.constraints]})
+            updates, state = opt.update(g, state, x)
+            x = problem.clip(optax.apply_updates(x, updates))
+        if progress:
+            progress(f"gradient start {k + 1}/{starts}: {evals} evaluations")
+    return result
+
+
+def random_search(problem: DesignProblem, evaluations: int = 400, seed: int = 0, batch: int = 16) -> SearchResult:
+    """Uniform samples of the log-box, evaluated ``batch`` at a time."""
+    result = SearchResult("random")
+    rng = np.random.default_rng(seed)
+    lo, hi = np.asarray(problem.lower), np.asarray(problem.upper)
+    done = 0
+    while done < evaluations:
+        k = min(batch, evaluations - done)
+        xs = rng.uniform(lo, hi, size=(batch, len(lo)))   # fixed batch shape: one compile
+        m = problem.metrics_batch(jnp.asarray(xs))
+        ok = np.asarray(problem.feasible(m))
+        for i in range(k):
+            done += 1
+            result.add(done, xs[i], float(m[problem.objective][i]), bool(ok[i]), _row(problem, m, i))
+    return result
+
+
+def _row(problem: DesignProblem, m: dict, i: int) -> dict:
+    return {k: float(m[k][i]) for k in [problem.objective] + [c.metric for c in problem.constraints]}
+
+
+def cmaes_search(problem: DesignProblem, evaluations: int = 400, seed: int = 0, popsize: int = 8) -> SearchResult:
+    """CMA-ES (pycma) on the penalised objective in the log-box, from the box centre."""
+    try:
+        import cma
+    except ImportError as exc:   # optional: pip install 'hermes_jax[design]'
+        raise ConfigError("CMA-ES needs the optional 'cma' package: pip install 'hermes_jax[design]'") from exc
+    result = SearchResult("cma-es")
+    lo, hi = np.asarray(problem.lower), np.asarray(problem.upper)
+    es = cma.CMAEvolutionStrategy(np.zeros(len(lo)), 0.3 * float(np.mean(hi - lo)),
+                                  {"bounds": [lo.tolist(), hi.tolist()], "popsize": popsize, "seed": seed + 1,
+                                   "verbose": -9})
+    done = 0
+    while done < evaluations:
+        xs = np.asarray(es.ask())
+        m = problem.metrics_batch(jnp.asarray(xs))
+        pen = np.asarray(jax.vmap(problem.penalised)(m))
+        ok = np.asarray(problem.feasible(m))
+        es.tell(list(xs), pen.tolist())
+        for i in range(len(xs)):
+            done += 1
+            result.add(done, xs[i], float(m[problem.objective][i]), bool(ok[i]), _row(problem, m, i))
+    return result
+
+
+def maximising(problem: DesignProblem) -> bool:
+    return problem.objective in MAXIMISE
