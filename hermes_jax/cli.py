@@ -285,7 +285,7 @@ def _design(args) -> None:
         else:
             raise ConfigError(f"--slo {item!r}: expected METRIC<=VALUE or METRIC>=VALUE")
     scenario = load_scenario(args.scenario or str(DEFAULT_SCENARIO), args.overrides, _chosen_stack(args))
-    model = DifferentiableSim(scenario, engine=args.engine, estimator=Smoothed(scales=(0.05,)))
+    model = DifferentiableSim(scenario, engine=args.engine, estimator=Smoothed(scales=(0.1,)))
     known = model.metrics(model.params)
     for c in constraints:
         if c.metric not in known:

@@ -76,3 +76,15 @@ def test_calibrate_stack_notebook():
     assert ((iv.low90 <= iv.value * (1 + 1e-9)) & (iv.value <= iv.high90 * (1 + 1e-9))).all()
     assert ns["result"].fit.warnings  # single-device runs at a few sizes leave some direction unidentified
     assert [p.suffix for p in ns["written"]] == [".md", ".json", ".toml", ".png"]
+
+
+def test_codesign_notebook():
+    """Every design the search returns meets its SLOs on the plain simulation and is no dearer than
+    the H100 it starts from when that is feasible; a tighter TTFT limit never makes it cheaper."""
+    table = execute("codesign")["table"]
+    assert table.feasible.all()
+    assert (table.ttft_p99_s <= table.slo_ttft_p99_s).all() and (table.tpot_p99_s <= table.slo_tpot_p99_s).all()
+    start_ok = table[table.h100_feasible]
+    assert (start_ok.usd_per_mtok <= start_ok.h100_usd_per_mtok * (1 + 1e-6)).all()
+    loose, tight = table.set_index("slo_ttft_p99_s").loc[[2.0, 0.5], "usd_per_mtok"]
+    assert tight >= loose

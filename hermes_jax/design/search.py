@@ -56,8 +56,8 @@ class _Budget(Exception):
 def gradient_search(problem: DesignProblem, budget: int = 200, starts: int = 8, seed: int = 0,
                     progress: Callable[[str], None] | None = None) -> SearchResult:
     """Sequential quadratic programming (scipy SLSQP) on ln(objective) with the constraints as
-    constraints, not penalties, from the box centre and then random starts until ``budget``
-    evaluations. One smoothed Jacobian of every metric (``problem.lanes_per_gradient``
+    constraints, not penalties, from the start design (x = 0; with ``seed`` > 0 a random point)
+    and then random starts until ``budget`` evaluations. One smoothed Jacobian of every metric (``problem.lanes_per_gradient``
     evaluations) gives the objective's and every constraint's gradient at a point; trial points of
     the line search cost one evaluation each (values only)."""
     from scipy.optimize import minimize
@@ -65,8 +65,13 @@ def gradient_search(problem: DesignProblem, budget: int = 200, starts: int = 8, 
     rng = np.random.default_rng(seed)
     lo, hi = np.asarray(problem.lower, float), np.asarray(problem.upper, float)
     keys = [problem.objective] + [c.metric for c in problem.constraints]
-    jac_fn = jax.jit(jax.jacfwd(lambda x: jnp.stack([problem.metrics(x)[k] for k in keys])))
-    value_fn = jax.jit(lambda x: jnp.stack([problem.metrics(x)[k] for k in keys]))
+    # no outer jit: the simulator's compiled functions are cached by configuration, so every
+    # problem on the same model (another SLO, another start) reuses them
+    jac_fn = jax.jacfwd(lambda x: jnp.stack([problem.metrics(x)[k] for k in keys]))
+
+    def value_fn(x):
+        m = problem.metrics_batch(x[None])
+        return jnp.stack([m[k][0] for k in keys])
     sign = -1.0 if problem.objective in MAXIMISE else 1.0
     values, jacobians = {}, {}
     evals = [0]
@@ -79,7 +84,8 @@ def gradient_search(problem: DesignProblem, budget: int = 200, starts: int = 8, 
     def at(x, need_jac):
         key = tuple(np.round(x, 12))
         if need_jac and key not in jacobians:
-            spend(problem.lanes_per_gradient)
+            # the Jacobian's lanes; its base lane is not counted again when the value is known
+            spend(problem.lanes_per_gradient - (key in values))
             v = np.asarray(value_fn(jnp.asarray(x)))    # the Jacobian's base lane (value computed apart)
             jacobians[key] = np.asarray(jac_fn(jnp.asarray(x)))
             values[key] = v
@@ -109,7 +115,7 @@ def gradient_search(problem: DesignProblem, budget: int = 200, starts: int = 8, 
 
     try:
         for k in range(starts):
-            x0 = np.zeros(len(lo)) if k == 0 else rng.uniform(lo, hi)
+            x0 = np.zeros(len(lo)) if k == 0 and seed == 0 else rng.uniform(lo, hi)
             minimize(fun, x0, jac=fun_jac, bounds=list(zip(lo, hi)), method="SLSQP",
                      constraints=[{"type": "ineq", "fun": cons, "jac": cons_jac}], options={"maxiter": 30, "ftol": 1e-5})
             if progress:
@@ -145,7 +151,7 @@ def adam_search(problem: DesignProblem, starts: int = 4, steps: int = 40, learni
         m = problem.metrics(x)
         return problem.penalised(m), m
 
-    value_grad = jax.jit(jax.value_and_grad(penalised, has_aux=True))
+    value_grad = jax.value_and_grad(penalised, has_aux=True)   # no outer jit (see gradient_search)
     evals, opt = 0, optax.adam(learning_rate)
     for k in range(starts):
         x = jnp.asarray(np.zeros(len(lo)) if k == 0 else rng.uniform(lo, hi))
