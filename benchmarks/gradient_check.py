@@ -130,7 +130,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="first case, one load, one seed (smoke run)")
     ap.add_argument("--workers", type=int, default=2, help="processes for the reference runs")
+    ap.add_argument("--from-json", action="store_true", help="rewrite docs/gradients.md from the last JSON")
     args = ap.parse_args()
+    if args.from_json:
+        saved = json.loads(OUT_JSON.read_text())
+        write_markdown(saved["records"], saved["seeds"])
+        return
     from hermes_jax.sim.estimators import Anchored, Pathwise
     from hermes_jax.sim.smoothing import Smoothed
     cases = CASES[:1] if args.quick else CASES
@@ -194,10 +199,11 @@ def write_markdown(records, seeds, quick=False):
              "of the rate the engine completes under overload. Estimators on the time-stepped simulator, same seeds. "
              "A cell passes within 10% of the truth or within twice the combined standard error of the two seed means.", ""]
     est_names = sorted({e for r in records for e in r["estimators"]}, key=lambda e: (not e.startswith("smoothed"), e))
-    lines += ["## Summary", "", "| estimator | cells | within target | median abs. error vs truth | gradient / forward time |",
-              "|---|---|---|---|---|"]
+    lines += ["## Summary", "", "| estimator | cells | within target | strictly within 10% | of the cells with a true slope "
+              "distinguishable from 0: within 10% | median abs. error vs truth | gradient / forward time |",
+              "|---|---|---|---|---|---|---|"]
     for e in est_names:
-        ok, n, errs, cost = 0, 0, [], []
+        ok, n, errs, cost, strict, sig, sig_ok = 0, 0, [], [], 0, 0, 0
         for r in records:
             if e not in r["estimators"]:
                 continue
@@ -207,9 +213,15 @@ def write_markdown(records, seeds, quick=False):
                     v = r["estimators"][e]["mean"][m][k]
                     n += 1
                     ok += passes(v, t, r["truth_se"][m][k], est_se(r, e, m, k))
+                    close = abs(v - t) <= 0.1 * abs(t) + 1e-12
+                    strict += close
+                    if abs(t) > 2 * r["truth_se"][m][k] and abs(t) > 1e-12:
+                        sig += 1
+                        sig_ok += close
                     if abs(t) > 0:
                         errs.append(abs(v / t - 1))
-        lines.append(f"| {e} | {n} | {ok} ({ok / max(n, 1):.0%}) | {np.median(errs):.1%} | "
+        lines.append(f"| {e} | {n} | {ok} ({ok / max(n, 1):.0%}) | {strict} ({strict / max(n, 1):.0%}) | "
+                     f"{sig_ok} of {sig} ({sig_ok / max(sig, 1):.0%}) | {np.median(errs):.1%} | "
                      f"{np.median(cost):.1f}x (median over cases) |")
     lines += ["", "Gradient cost: wall time of one Jacobian of all metrics over all of the case's parameters "
               "(smoothed: forward mode over one vmapped batch of runs; path estimators: reverse mode through the "
@@ -239,7 +251,13 @@ def write_markdown(records, seeds, quick=False):
               "- **anchored** and **pathwise**: derivatives along the sample path (decisions held fixed); pathwise "
               "counts the whole busy period in each wait, anchored only the iteration a request arrived in. Both miss "
               "the feedback of shorter iterations on batch size, so they fall further behind as load grows.",
-              "- Cells marked **x** miss the target; the JSON has per-seed spreads (`seed_sd`).", ""]
+              "- Cells marked **x** miss the target; the JSON has per-seed spreads (`seed_sd`). The weak "
+              "sensitivities (host overhead, link bandwidth behind two replicas) carry seed noise of 20-40% in the "
+              "truth itself: there the estimate is within the noise but not always within 10%.",
+              "- Cost: the smoothed estimator runs 1 + 2 P x (number of scales) simulations per Jacobian (25 for "
+              "the four parameters of the single-engine case); one scale gives 2P + 1. On one parameter the "
+              "default costs about 3-7 forward runs. It needs no reverse pass, so its memory is that of the lanes.",
+              ""]
     OUT_MD.write_text("\n".join(lines))
 
 
