@@ -53,8 +53,8 @@ def main() -> None:
              f"(lognormal lengths, median 400 in / 120 out), dt {DT} s; saturated throughput {capacity:.2f} req/s. "
              f"Truth: {', '.join(f'{n} = {v:.4g} ({SCALE[n]}x shipped)' for n, v in truth.items())}; the fit starts "
              "from the shipped values.", "",
-             "| utilisation | rate (req/s) | parameter | truth | fitted | error | 90% interval | fit time |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| utilisation | rate (req/s) | parameter | truth | fitted | error | 90% interval | covers | fit time |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for util in (0.3, 0.5, 0.8):
         rate = util * capacity
         df = simulate(scenario(rate, REQUESTS, truth)).requests
@@ -70,7 +70,8 @@ def main() -> None:
             fitted = float(cal.fit.value(n))
             lo, hi = (float(x) for x in cal.fit.interval90[n])
             lines.append(f"| {util} | {rate:.2f} | {n} | {truth[n]:.4g} | {fitted:.4g} | "
-                         f"{(fitted / truth[n] - 1) * 100:+.1f}% | [{lo:.3g}, {hi:.3g}] | {seconds:.0f} s |")
+                         f"{(fitted / truth[n] - 1) * 100:+.1f}% | [{lo:.3g}, {hi:.3g}] | "
+                         f"{'yes' if lo <= truth[n] <= hi else 'no'} | {seconds:.0f} s |")
         print(cal.errors().round(4).to_string(index=False), flush=True)
         for w in cal.fit.warnings:
             print("warning:", w)

@@ -39,7 +39,7 @@ from .smoothing import Smoothed, smoothing_gap
 from .state import Requests
 from .workload import Workload, build_workload
 
-QUANTILES = (0.5, 0.9, 0.99)
+QUANTILES = (0.1, 0.5, 0.9, 0.99)
 
 
 def soft_quantile(values, mask, q: float, bandwidth: float = 0.02):
