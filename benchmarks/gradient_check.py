@@ -223,9 +223,11 @@ def write_markdown(records, seeds, quick=False):
         lines.append(f"| {e} | {n} | {ok} ({ok / max(n, 1):.0%}) | {strict} ({strict / max(n, 1):.0%}) | "
                      f"{sig_ok} of {sig} ({sig_ok / max(sig, 1):.0%}) | {np.median(errs):.1%} | "
                      f"{np.median(cost):.1f}x (median over cases) |")
-    lines += ["", "Gradient cost: wall time of one Jacobian of all metrics over all of the case's parameters "
-              "(smoothed: forward mode over one vmapped batch of runs; path estimators: reverse mode through the "
-              "scan), over one forward run of the same model, after compilation, on this machine.", ""]
+    lines += ["", "Gradient cost: wall time of one eager (not jitted) Jacobian call of all metrics over all of the "
+              "case's parameters (smoothed: forward mode over one vmapped batch of runs; path estimators: reverse "
+              "mode through the scan), Python tracing included, over one jitted forward run of the same model, "
+              "after compilation, on this machine. Jitted costs against the number of requests: "
+              "`benchmarks/results/gradient_cost.md` (`python benchmarks/bench_gradient_cost.py`).", ""]
     for r in records:
         lines += [f"## {r['case']}, load {r['utilisation']:.2f} ({r['rate_per_s']:.2f} req/s)", "",
                   "| metric | parameter | true slope | " + " | ".join(est_names_in(r, est_names)) + " |",
