@@ -2,7 +2,7 @@
 HBM bandwidth and HBM capacity, that serves the Azure conversation trace with Llama-3.1-70B within
 p99 TTFT and p99 TPOT limits, and how the answer moves with the limits.
 
-    python experiments/codesign.py      # full sizes (~15 min on 2 cores); writes experiments/results/codesign/
+    python experiments/codesign.py      # full sizes (~20 min on 2 cores); writes experiments/results/codesign/
     python experiments/codesign.py --replot
 
 Setup: two replicas of Llama-3.1-70B at TP4 on the designed device (8 devices), chunked prefill
@@ -32,7 +32,7 @@ from hermes_jax.sim.scenario import parse_scenario  # noqa: E402
 from hermes_jax.sim.smoothing import Smoothed  # noqa: E402
 
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "azure_llm_2023" / "AzureLLMInferenceTrace_conv.csv"
-WINDOW_S = 240.0
+WINDOW_S = 120.0
 VARIABLES = [Variable("peak_flops", 0.25, 4.0), Variable("hbm_bandwidth", 0.25, 4.0), Variable("hbm_capacity", 0.5, 4.0)]
 # (p99 TTFT limit s, p99 TPOT limit s): the point (2 s, 200 ms), then each limit moved alone
 SLOS = [(2.0, 0.2), (0.5, 0.2), (1.0, 0.2), (4.0, 0.2), (2.0, 0.05), (2.0, 0.1)]
@@ -49,7 +49,7 @@ def scenario(window: float) -> dict:
 
 def study(small: bool | None = None) -> pd.DataFrame:
     small = small_default() if small is None else small
-    window, budget, slos = (30.0, 16, SLOS[:2]) if small else (WINDOW_S, 80, SLOS)
+    window, budget, slos = (20.0, 12, SLOS[:2]) if small else (WINDOW_S, 60, SLOS)
     model = DifferentiableSim(parse_scenario(scenario(window)), estimator=Smoothed(scales=(0.1,)))
     rows = []
     for ttft, tpot in slos:
@@ -83,7 +83,7 @@ def findings(table: pd.DataFrame) -> list[str]:
         out.append(f"{head}: peak x{r.peak_flops_x:.2f}, bandwidth x{r.hbm_bandwidth_x:.2f}, capacity "
                    f"x{r.hbm_capacity_x:.2f} (${r.price_per_hour:.2f}/h per device) at {r.usd_per_mtok:.3g} $/Mtok "
                    f"against {r.h100_usd_per_mtok:.3g} for the H100 as catalogued "
-                   f"({'feasible' if r.h100_feasible else 'infeasible'} there); found after {r.found_after} "
+                   f"({'feasible' if r.h100_feasible else 'infeasible'} there); found after {int(r.found_after)} "
                    "evaluations.")
     return out
 

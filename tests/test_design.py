@@ -73,6 +73,11 @@ def test_searches_find_cheaper_feasible_designs_and_count_evaluations(problem):
         assert res.evaluations == sorted(res.evaluations) and res.evaluations[-1] <= 40
         best = res.best()
         assert best is not None and best[0] < float(start["usd_per_mtok"][0])
+    # every evaluated design is kept as it was (optimisers reuse their x buffer)
+    assert len({tuple(np.round(p, 9)) for p in g.points}) > 1
+    best = g.best()
+    again = problem.metrics_batch(jnp.asarray(best[1])[None])
+    assert float(again["usd_per_mtok"][0]) == pytest.approx(best[0], rel=1e-5)
     # a value costs one run, a smoothed Jacobian its lanes: 1 + 2 * 2 variables * 1 scale
     assert problem.lanes_per_gradient == 5
     assert set(np.diff([0] + g.evaluations)) <= {1, 4, 5} and set(np.diff([0] + g.evaluations)) & {4, 5}

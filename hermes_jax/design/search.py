@@ -28,7 +28,7 @@ class SearchResult:
 
     def add(self, evals: int, x, value: float, ok: bool, metrics: dict | None = None):
         self.evaluations.append(int(evals))
-        self.points.append(np.asarray(x, float))
+        self.points.append(np.array(x, float, copy=True))   # optimisers reuse their x buffer
         self.objective.append(float(value))
         self.feasible.append(bool(ok))
         self.metrics.append({k: float(v) for k, v in (metrics or {}).items()})
@@ -82,6 +82,7 @@ def gradient_search(problem: DesignProblem, budget: int = 200, starts: int = 8, 
         evals[0] += n
 
     def at(x, need_jac):
+        x = np.array(x, np.float64, copy=True)
         key = tuple(np.round(x, 12))
         if need_jac and key not in jacobians:
             # the Jacobian's lanes; its base lane is not counted again when the value is known
