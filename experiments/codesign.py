@@ -85,6 +85,15 @@ def findings(table: pd.DataFrame) -> list[str]:
                    f"against {r.h100_usd_per_mtok:.3g} for the H100 as catalogued "
                    f"({'feasible' if r.h100_feasible else 'infeasible'} there); found after {int(r.found_after)} "
                    "evaluations.")
+    # a looser limit can never need a dearer device: flag a search that stopped short of that
+    ok = table[table.feasible]
+    for r in ok.itertuples():
+        better = ok[(ok.ttft_p99_s <= r.slo_ttft_p99_s) & (ok.tpot_p99_s <= r.slo_tpot_p99_s)
+                    & (ok.usd_per_mtok < r.usd_per_mtok * 0.999)]
+        for b in better.itertuples():
+            out.append(f"Not converged at p99 TTFT <= {r.slo_ttft_p99_s:g} s, TPOT <= {r.slo_tpot_p99_s * 1e3:g} ms: the "
+                       f"design found for ({b.slo_ttft_p99_s:g} s, {b.slo_tpot_p99_s * 1e3:g} ms) also meets it and costs "
+                       f"{b.usd_per_mtok:.3g} < {r.usd_per_mtok:.3g} $/Mtok; the optimum there is at most that.")
     return out
 
 
