@@ -55,10 +55,12 @@ class CostModel:
         return self.idle_share * self.power_max_w(log)
 
     def describe(self) -> list[str]:
-        lines = [f"price per device-hour = " + " + ".join(f"{c:.3g} $/h x {f}" for c, f in zip(self.price_coef, FEATURES)),
-                 f"peak power = " + " + ".join(f"{c:.3g} W x {f}" for c, f in zip(self.power_coef, FEATURES)),
+        lines = ["price per device-hour = " + " + ".join(f"{c:.3g} $/h x {f}" for c, f in zip(self.price_coef, FEATURES)),
+                 "peak power = " + " + ".join(f"{c:.3g} W x {f}" for c, f in zip(self.power_coef, FEATURES)),
                  f"idle power = {self.idle_share:.3f} x peak power",
-                 f"fitted (non-negative least squares) to the catalog's {', '.join(self.devices)}"]
+                 f"price: one scale fitted by least squares (compute, bandwidth and capacity each a third of the "
+                 f"{REFERENCE}'s price, an assumption); power: non-negative least squares; over the catalog's "
+                 f"{', '.join(self.devices)}"]
         return lines
 
 
