@@ -20,8 +20,9 @@ busy period before it) has nothing to do with the slope of its average. Estimato
 
 Preemption, KV-block and finish decisions stay pathwise under every estimator. Which request
 finishes inside the horizon is also held fixed. Estimators are small frozen objects in the engine's
-static configuration (hashable, so jit caches by them). The measured agreement of each with finite
-differences is in docs/gradients.md (benchmarks/gradient_check.py).
+static configuration (hashable, so jit caches by them). How far each is from the true slope of the
+exact reference is in docs/gradients.md (benchmarks/gradient_check.py); the default estimator of
+``DifferentiableSim`` is not one of these path estimators but ``sim.smoothing.Smoothed``.
 """
 
 from __future__ import annotations
