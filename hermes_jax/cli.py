@@ -260,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _design(args) -> None:
     from .design import Constraint, DesignProblem, Variable, cmaes_search, gradient_search, random_search
+    from .design.problem import MAXIMISE
     from .design.report import write_design_report
     from .sim.differentiable import DifferentiableSim
     from .sim.scenario import load_scenario
@@ -298,7 +299,7 @@ def _design(args) -> None:
     result = search()
     for p in write_design_report(problem, result, args.out):
         print(f"wrote {p}")
-    best = result.best(args.objective in ("throughput_tokens_s", "goodput_rps", "tokens_per_usd"))
+    best = result.best(args.objective in MAXIMISE)
     if best is None:
         print("no feasible design found within the budget (see design.md)")
     else:

@@ -3,7 +3,7 @@ price and power model) and search methods compared at equal simulator evaluation
 
 from .cost import CostModel, catalog_cost_model
 from .problem import Constraint, DesignProblem, Variable
-from .search import SearchResult, adam_search, cmaes_search, gradient_search, random_search
+from .search import SearchResult, cmaes_search, gradient_search, random_search
 
 __all__ = ["CostModel", "catalog_cost_model", "Constraint", "DesignProblem", "Variable", "SearchResult",
-           "gradient_search", "adam_search", "random_search", "cmaes_search"]
+           "gradient_search", "random_search", "cmaes_search"]

@@ -5,7 +5,8 @@ Variables are natural logs of multipliers of the engine's parameters (``peak_flo
 dtype's rate together), bounded. The simulator's metrics come from ``DifferentiableSim.scaled``
 (the smoothed estimator's gradients), the price and power of the designed device from a
 ``design.cost.CostModel`` of those same parameters (exact gradients). Constraints bound a metric
-above or below; the penalised objective a gradient search descends is
+above or below. The gradient search treats them as constraints (SQP); CMA-ES minimises the
+penalised objective
 
     J(x) = +-ln(objective) + penalty * sum_c max(0, relative violation_c)^2
 
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import ConfigError
+from ..sim.accounting import device_cost_usd, device_energy_j
 from ..sim.differentiable import DifferentiableSim
 from .cost import CostModel, catalog_cost_model
 
@@ -104,14 +106,13 @@ class DesignProblem:
         """Replace price- and power-dependent metrics by the cost model's for the designed device."""
         log = self._log(x)
         sim = self.model
-        R, d, H = sim.group.engine.replicas, sim._static.devices, sim.horizon_s
+        R, d, H = sim.group.engine.replicas, sim.devices, sim.horizon_s
         price = self.cost_model.price_per_hour(log)
-        peak_w, idle_w = self.cost_model.power_max_w(log), self.cost_model.power_idle_w(log)
         busy = m["utilization"] * R * H
         m = dict(m)
         m["price_per_hour"] = price
-        m["cost_usd"] = d * R * price * H / 3600.0
-        m["energy_j"] = d * (R * idle_w * H + (peak_w - idle_w) * busy)
+        m["cost_usd"] = device_cost_usd(d, price, H, R)
+        m["energy_j"] = device_energy_j(d, self.cost_model.power_idle_w(log), self.cost_model.power_max_w(log), H, busy, R)
         tokens = jnp.maximum(m["finished_tokens"], 1.0)
         m["usd_per_mtok"] = m["cost_usd"] / tokens * 1e6
         m["tokens_per_usd"] = tokens / m["cost_usd"]

@@ -1,7 +1,7 @@
 """Search methods over a DesignProblem, all counting simulator evaluations the same way (one
 configuration simulated once = one evaluation; a smoothed gradient costs its lanes), so they can be
-compared at equal budgets: projected Adam on the penalised objective from several starts (the
-gradient search), uniform random search in the log-box, and CMA-ES (the ``cma`` package, optional).
+compared at equal budgets: SQP on smoothed Jacobians from several starts (the gradient search),
+uniform random search in the log-box, and CMA-ES (the ``cma`` package, optional).
 """
 
 from __future__ import annotations
@@ -139,38 +139,6 @@ def _feasible(problem, constraint_values) -> bool:
     return all(_margin(c, v) >= 0 for c, v in zip(problem.constraints, constraint_values))
 
 
-def adam_search(problem: DesignProblem, starts: int = 4, steps: int = 40, learning_rate: float = 0.1,
-                seed: int = 0, budget: int | None = None, progress: Callable[[str], None] | None = None
-                ) -> SearchResult:
-    """Projected Adam (optax) on the penalised objective, from the box centre then random starts;
-    each step costs ``problem.lanes_per_gradient`` evaluations. Stops at ``budget`` evaluations."""
-    import optax
-    result = SearchResult("gradient (Adam, penalty)")
-    rng = np.random.default_rng(seed)
-    lo, hi = np.asarray(problem.lower), np.asarray(problem.upper)
-    def penalised(x):
-        m = problem.metrics(x)
-        return problem.penalised(m), m
-
-    value_grad = jax.value_and_grad(penalised, has_aux=True)   # no outer jit (see gradient_search)
-    evals, opt = 0, optax.adam(learning_rate)
-    for k in range(starts):
-        x = jnp.asarray(np.zeros(len(lo)) if k == 0 else rng.uniform(lo, hi))
-        state = opt.init(x)
-        for step in range(steps):
-            if budget is not None and evals + problem.lanes_per_gradient > budget:
-                return result
-            (_, m), g = value_grad(x)      # m: the plain simulation at x (the lanes' base run)
-            evals += problem.lanes_per_gradient
-            result.add(evals, x, float(m[problem.objective]), bool(problem.feasible(m)),
-                       {k: m[k] for k in [problem.objective] + [c.metric for c in problem.constraints]})
-            updates, state = opt.update(g, state, x)
-            x = problem.clip(optax.apply_updates(x, updates))
-        if progress:
-            progress(f"gradient start {k + 1}/{starts}: {evals} evaluations")
-    return result
-
-
 def random_search(problem: DesignProblem, evaluations: int = 400, seed: int = 0, batch: int = 16) -> SearchResult:
     """Uniform samples of the log-box, evaluated ``batch`` at a time."""
     result = SearchResult("random")
@@ -214,7 +182,3 @@ def cmaes_search(problem: DesignProblem, evaluations: int = 400, seed: int = 0, 
             done += 1
             result.add(done, xs[i], float(m[problem.objective][i]), bool(ok[i]), _row(problem, m, i))
     return result
-
-
-def maximising(problem: DesignProblem) -> bool:
-    return problem.objective in MAXIMISE

@@ -16,6 +16,18 @@ import pandas as pd
 from ..hardware.catalog import default_catalog, get_hardware
 
 
+def device_energy_j(devices, idle_w, max_w, horizon_s, busy_s, replicas=1):
+    """J drawn by ``replicas`` engine replicas of ``devices`` devices each over the horizon: idle
+    power throughout plus the rest of peak power while busy (``busy_s``: busy seconds summed over
+    the replicas). Floats or JAX arrays (the differentiable simulator and the design use it)."""
+    return devices * (replicas * idle_w * horizon_s + (max_w - idle_w) * busy_s)
+
+
+def device_cost_usd(devices, price_per_hour, horizon_s, replicas=1):
+    """$ of ``replicas`` x ``devices`` devices at ``price_per_hour`` each over the horizon."""
+    return devices * replicas * price_per_hour * horizon_s / 3600.0
+
+
 def engine_usage(scenario, ts: pd.DataFrame) -> dict:
     """Per engine: devices, busy fraction, energy (J) and cost ($) over the horizon."""
     horizon = scenario.simulation.horizon_s
@@ -31,8 +43,8 @@ def engine_usage(scenario, ts: pd.DataFrame) -> dict:
         for replica, name in enumerate(names):
             busy_s = float(part[part.replica == replica].busy.sum() * dt)
             p = get_hardware(name, **engine.hardware_kwargs()).params   # as the engine runs
-            energy += devices * (float(p.power_idle_w) * horizon + float(p.power_max_w - p.power_idle_w) * busy_s)
-            cost += devices * float(p.price_per_hour) * horizon / 3600.0
+            energy += device_energy_j(devices, float(p.power_idle_w), float(p.power_max_w), horizon, busy_s)
+            cost += device_cost_usd(devices, float(p.price_per_hour), horizon)
             busy_total += busy_s
         out[engine.name] = {"kind": "engine", "devices": devices * len(names),
                             "utilization": busy_total / (len(names) * horizon), "energy_j": energy, "cost_usd": cost}
@@ -78,4 +90,4 @@ def batch_busy_seconds(start: np.ndarray, finish: np.ndarray, batch: int, horizo
     return float((np.ceil(counts / batch) * span).sum())
 
 
-__all__ = ["engine_usage", "pool_usage", "totals", "batch_busy_seconds"]
+__all__ = ["device_energy_j", "device_cost_usd", "engine_usage", "pool_usage", "totals", "batch_busy_seconds"]

@@ -91,10 +91,7 @@ def kv_blocks_of(rule: tuple[float, float, float], log_capacity):
 def kv_capacity_blocks(spec: EngineSpec, params: HardwareParams, entry: Engine, hardware: str) -> int:
     """KV blocks per replica: the usable share of device memory minus weights and the reserves,
     divided by the KV bytes of one block (per device, since KV is sharded like the heads)."""
-    share, reserved, per_block = kv_rule(spec, params, entry)
-    capacity = float(np.exp(np.asarray(params.log["hbm_capacity"], dtype=np.float64)))
-    free = capacity * share - reserved
-    if entry.kv_from_stack:
+    if entry.kv_from_stack:   # the stack's rule, with its own report of what the memory holds
         from ..stacks import get_stack
         from ..stacks.kv import kv_capacity
         cap = kv_capacity(spec, params, get_stack(entry.stack))
@@ -104,6 +101,9 @@ def kv_capacity_blocks(spec: EngineSpec, params: HardwareParams, entry: Engine, 
                               f"weights {cap.weights_bytes / 1e9:.1f} GB and profiling activations "
                               f"{cap.activation_bytes / 1e9:.1f} GB. Raise tp/pp or use a smaller dtype.")
         return cap.blocks
+    share, reserved, per_block = kv_rule(spec, params, entry)
+    capacity = float(np.exp(np.asarray(params.log["hbm_capacity"], dtype=np.float64)))
+    free = capacity * share - reserved
     if free <= per_block:
         weights = reserved - entry.activation_reserve_gb * 1e9
         raise ConfigError(f"{spec.model.name} on {hardware} (tp={entry.tp}, pp={entry.pp}) "

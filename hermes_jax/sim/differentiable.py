@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..hardware.params import HardwareParams, stack
+from .accounting import device_cost_usd, device_energy_j
 from .build import build_group, group_config, kv_blocks_of, kv_rule
 from .engine import run
 from .estimators import Pathwise
@@ -64,15 +65,15 @@ def request_bucket(n: int) -> int:
 class _Static:
     """What the compiled summaries depend on besides arrays (hashable: the jit cache key)."""
 
-    cfg: object
-    kv_rule: tuple[float, float, float]
-    dt: float
-    horizon_s: float
-    devices: int
-    estimator: object
-    checkpoint: bool
-    quantile_bandwidth: float
-    temperature_s: float
+    cfg: object                          # GroupConfig of the engine group
+    kv_rule: tuple[float, float, float]  # (share of HBM, reserved B per device, KV B per block): build.kv_rule
+    dt: float                            # s, step
+    horizon_s: float                     # s
+    devices: int                         # devices per replica (tp * pp)
+    estimator: object                    # Smoothed or a path estimator
+    checkpoint: bool                     # rematerialise scan segments in reverse mode (path estimators)
+    quantile_bandwidth: float            # rank share of the soft quantiles
+    temperature_s: float                 # s, log-sum-exp temperature of the makespan
 
 
 class _Data(NamedTuple):
@@ -84,6 +85,11 @@ class _Data(NamedTuple):
     slo_ttft_s: jax.Array     # (N,) s (inf: none)
     slo_tpot_s: jax.Array     # (N,) s
     issued: jax.Array         # (N,) bool, arrives before the horizon (padding: False)
+
+
+def _guarded(st: _Static) -> _Static:
+    """The same configuration for vmapped runs: a batched cond runs its branch only when a lane needs it."""
+    return replace(st, cfg=replace(st.cfg, vmap_guard=True))
 
 
 def _simulate(st: _Static, params: HardwareParams, data: _Data):
@@ -130,8 +136,8 @@ def _summaries(st: _Static, log: dict, data: _Data) -> dict:
     busy = jnp.minimum(trace.busy_s.astype(f).sum(), R * horizon)
     out["utilization"] = busy / (R * horizon)
     idle_w, max_w = jnp.exp(params.log["power_idle_w"]), jnp.exp(params.log["power_max_w"])
-    out["energy_j"] = d * (R * idle_w * horizon + (max_w - idle_w) * busy)
-    out["cost_usd"] = d * R * jnp.exp(params.log["price_per_hour"]) * horizon / 3600.0
+    out["energy_j"] = device_energy_j(d, idle_w, max_w, horizon, busy, R)
+    out["cost_usd"] = device_cost_usd(d, jnp.exp(params.log["price_per_hour"]), horizon, R)
     out["j_per_token"] = out["energy_j"] / jnp.maximum(tokens, 1.0)
     out["usd_per_mtok"] = out["cost_usd"] / jnp.maximum(tokens, 1.0) * 1e6
     return out
@@ -140,8 +146,7 @@ def _summaries(st: _Static, log: dict, data: _Data) -> dict:
 @partial(jax.jit, static_argnums=0)
 def _metrics(st: _Static, log: dict, data: _Data) -> dict:
     """One compile per static configuration and request bucket; workload and parameters are arguments."""
-    lanes = replace(st, cfg=replace(st.cfg, vmap_guard=True))
-    return st.estimator.differentiate(partial(_summaries, st), partial(_summaries, lanes))(log, data)
+    return st.estimator.differentiate(partial(_summaries, st), partial(_summaries, _guarded(st)))(log, data)
 
 
 def _scaled_summaries(st: _Static, names: tuple, shift: dict, base: dict, data: _Data) -> dict:
@@ -153,15 +158,15 @@ def _scaled_summaries(st: _Static, names: tuple, shift: dict, base: dict, data: 
 
 @partial(jax.jit, static_argnums=(0, 1))
 def _scaled_metrics(st: _Static, names: tuple, x, base: dict, data: _Data) -> dict:
-    lanes = replace(st, cfg=replace(st.cfg, vmap_guard=True))
-    fwd = st.estimator.differentiate(partial(_scaled_summaries, st, names), partial(_scaled_summaries, lanes, names))
+    fwd = st.estimator.differentiate(partial(_scaled_summaries, st, names),
+                                     partial(_scaled_summaries, _guarded(st), names))
     return fwd({"x": x}, base, data)
 
 
 @partial(jax.jit, static_argnums=(0, 1))
 def _scaled_batch(st: _Static, names: tuple, xs, base: dict, data: _Data) -> dict:
     """Forward only, one vmapped call over rows of ``xs`` (guarded conditionals)."""
-    lanes = replace(st, cfg=replace(st.cfg, vmap_guard=True))
+    lanes = _guarded(st)
     return jax.vmap(lambda x: _scaled_summaries(lanes, names, {"x": x}, base, data))(xs)
 
 
@@ -201,6 +206,7 @@ class DifferentiableSim:
         self.params: HardwareParams = self.group.params
         self.dt = scenario.simulation.dt_s
         self.horizon_s = scenario.simulation.horizon_s
+        self.devices = entry.tp * entry.pp       # per replica
         self._static = _Static(cfg, kv_rule(self.group.spec, self.group.params, entry), self.dt, self.horizon_s,
                                entry.tp * entry.pp, estimator, checkpoint and not isinstance(estimator, Smoothed),
                                quantile_bandwidth, temperature_s)
@@ -277,8 +283,7 @@ class DifferentiableSim:
         """Smoothed minus plain value of every metric under a Smoothed estimator's design over ``names``."""
         if not isinstance(self.estimator, Smoothed):
             raise ConfigError("smoothing_gap needs the Smoothed estimator")
-        lanes = replace(self._static, cfg=replace(self._static.cfg, vmap_guard=True))
-        return smoothing_gap(partial(_summaries, lanes), dict(self.params.log), list(names), self.estimator,
+        return smoothing_gap(partial(_summaries, _guarded(self._static)), dict(self.params.log), list(names), self.estimator,
                              self._data)
 
 

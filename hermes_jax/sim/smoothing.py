@@ -111,7 +111,7 @@ class Smoothed:
                 out = forward(log, *data)
                 return out, jax.tree_util.tree_map(jnp.zeros_like, out)
             shifts = estimator.design(p)                                  # (R, P)
-            lanes = np.concatenate([np.zeros((1, p)), shifts, -shifts])   # base, + sides, - sides
+            lanes = _lanes(shifts)
             dtype = jnp.result_type(*[log[k] for k in keys])
             runs = _lane_runs(lanes_forward, log, keys, lanes, data)
             R = shifts.shape[0]
@@ -134,9 +134,13 @@ def smoothing_gap(forward: Callable, log: dict, keys, estimator: Smoothed, *data
     """Per metric: the smoothed value (mean over the estimator's lanes) minus the plain one. Its
     size bounds what the smoothing changes about the value a gradient describes."""
     shifts = estimator.design(sum(int(np.size(log[k])) for k in keys))
-    lanes = np.concatenate([np.zeros((1, shifts.shape[1])), shifts, -shifts])
-    runs = _lane_runs(forward, log, keys, lanes, data)
+    runs = _lane_runs(forward, log, keys, _lanes(shifts), data)
     return jax.tree_util.tree_map(lambda v: v[1:].mean() - v[0], runs)
+
+
+def _lanes(shifts: np.ndarray) -> np.ndarray:
+    """(1 + 2R, P) rows: the base, then the + sides, then the - sides of the R antithetic pairs."""
+    return np.concatenate([np.zeros((1, shifts.shape[1])), shifts, -shifts])
 
 
 def _lane_runs(forward: Callable, log: dict, keys, lanes: np.ndarray, data) -> dict:
