@@ -1,20 +1,37 @@
 """hermes_jax: differentiable, vectorized simulator of multi-stage LLM serving.
 
 Public names; submodules hold the rest (``hermes_jax.kernels``, ``hermes_jax.models.operators``).
+Names are imported on first use, so ``hermes-jax --help`` and ``--version`` start without JAX.
 """
 
-from .engine import EngineSpec
-from .errors import ConfigError
-from .estimate import MemoryFootprint, StaticBatchEstimate, check_fits, memory_footprint, static_batch
-from .hardware import Hardware, HardwareParams, SystemSpec, get_hardware, hardware_names
-from .iteration import IterationCost, iteration_cost, iteration_time
-from .kernels import RooflineOptions
-from .models import ModelConfig, get_model, load_hf_config, model_names
-from .models.operators import Parallelism
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["EngineSpec", "ConfigError", "MemoryFootprint", "StaticBatchEstimate", "check_fits", "memory_footprint",
-           "static_batch", "Hardware", "HardwareParams", "SystemSpec", "get_hardware", "hardware_names",
-           "IterationCost", "iteration_cost", "iteration_time", "RooflineOptions", "ModelConfig", "get_model",
-           "load_hf_config", "model_names", "Parallelism"]
+# public name -> module that defines it
+_PUBLIC = {
+    "EngineSpec": ".engine", "ConfigError": ".errors", "MemoryFootprint": ".estimate",
+    "StaticBatchEstimate": ".estimate", "check_fits": ".estimate", "memory_footprint": ".estimate",
+    "static_batch": ".estimate", "Hardware": ".hardware", "HardwareParams": ".hardware", "SystemSpec": ".hardware",
+    "get_hardware": ".hardware", "hardware_names": ".hardware", "IterationCost": ".iteration",
+    "iteration_cost": ".iteration", "iteration_time": ".iteration", "RooflineOptions": ".kernels",
+    "ModelConfig": ".models", "get_model": ".models", "load_hf_config": ".models", "model_names": ".models",
+    "Parallelism": ".models.operators", "Scenario": ".sim.scenario", "load_scenario": ".sim.scenario",
+    "simulate": ".sim.simulate", "Results": ".sim.simulate",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hermes_jax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

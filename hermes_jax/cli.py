@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 
-import numpy as np
-
-from .engine import EngineSpec
+from . import __version__
 from .errors import ConfigError
-from .estimate import memory_footprint
-from .hardware.catalog import default_catalog, get_hardware
-from .iteration import BOUNDS, operators
-from .kernels.roofline import RooflineOptions
-from .models.config import DTYPE_BYTES, get_model, load_hf_config
-from .models.operators import Parallelism
-from .stacks import DEFAULT_STACK, get_stack, load_stack_file
-from .stacks.kv import kv_capacity, static_batch_in_waves, static_waves
+from .models.config import DTYPE_BYTES
+from .stacks import DEFAULT_STACK
 
-GROUP_ORDER = ("embedding", "norms", "projections", "attention", "mlp", "moe", "lm_head", "communication", "host")
-
+# Everything that imports JAX is imported inside the commands: --help and --version start in a blink.
 
 def _int_list(text: str) -> list[int]:
     try:
@@ -33,132 +23,20 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def group_bounds(engine: EngineSpec, cost) -> dict[str, dict]:
-    """Per operator group: seconds and the dominant bound (compute, memory, network, overhead)."""
-    terms = np.stack([np.asarray(cost.op_compute), np.asarray(cost.op_memory), np.asarray(cost.op_network),
-                      np.asarray(cost.op_overhead)], axis=-1)
-    times = np.asarray(cost.op_time)
-    groups: dict[str, dict] = {}
-    for i, op in enumerate(operators(engine)):
-        g = groups.setdefault(op.group, {"time_s": 0.0, "terms": np.zeros(4)})
-        g["time_s"] += float(times[i])
-        g["terms"] += terms[i]
-    host = float(cost.host)
-    if host > 0:
-        groups["host"] = {"time_s": host, "terms": np.array([0, 0, 0, host])}
-    return {name: {"time_s": groups[name]["time_s"], "bound": BOUNDS[int(np.argmax(groups[name]["terms"]))]}
-            for name in GROUP_ORDER if name in groups}
-
-
-def _impossible(engine, stack, cap, waves, prompt: int, output: int) -> str | None:
-    """Why a grid point cannot run at all (None: it runs, at once or in waves)."""
-    gb = 1e9
-    if prompt + output > engine.model.max_context:
-        return (f"prompt + output = {prompt + output} tokens exceeds {engine.model.name}'s context of "
-                f"{engine.model.max_context} tokens")
-    if cap.blocks == 0:
-        return (f"weights {cap.weights_bytes / gb:.1f} GB + profiling activations {cap.activation_bytes / gb:.1f} GB "
-                f"+ reserves leave no KV cache under {stack.label}'s rule on {cap.capacity_bytes / gb:.1f} GB per "
-                "device: use more tensor/pipeline parallelism or a smaller dtype")
-    if waves.per_wave == 0:
-        return (f"one request of {prompt + output} tokens needs more than the {cap.blocks} KV blocks of "
-                f"{cap.block_size} tokens per device")
-    if not waves.fits and stack.overflow == "refuse":
-        return (f"the batch needs {waves.missing_bytes / gb:.2f} GB more KV per device and {stack.label} refuses "
-                f"batches that do not fit (it would run {waves.full + (waves.last > 0)} waves)")
-    return None
-
-
 def _chosen_stack(args) -> str | None:
     """The stack ``--stack`` / ``--stack-file`` select (a file defining one stack selects it unless
     --stack names another); None for 'catalog', the hardware catalog's own values."""
     if args.stack_file:
+        from .stacks import load_stack_file
         defined = load_stack_file(args.stack_file)
         if args.stack == DEFAULT_STACK and len(defined) == 1:
             return defined[0]
     return None if args.stack == "catalog" else args.stack
 
 
-def _estimate_rows(args) -> list[dict]:
-    catalog = default_catalog()
-    if args.hardware_file:
-        defined = catalog.load_user_file(args.hardware_file)
-        if not args.hardware and len(defined) == 1:
-            args.hardware = defined[0]
-    args.stack = _chosen_stack(args)
-    model = load_hf_config(args.model_config) if args.model_config else get_model(args.model)
-    hardware = get_hardware(args.hardware, ideal=args.ideal, catalog=catalog, stack=args.stack)
-    stack = get_stack(args.stack)  # --stack catalog: the default stack's KV rule
-    rows = []
-    for tp, batch, prompt, output in itertools.product(args.tp, args.batch, args.prompt, args.output):
-        engine = EngineSpec(model, hardware.spec, Parallelism(tp=tp, pp=args.pp, ep=args.ep),
-                            weight_dtype=args.dtype, kv_dtype=args.kv_dtype or "",
-                            roofline=RooflineOptions("smooth" if args.smooth else "max"))
-        if batch < 1 or prompt < 1:
-            raise ConfigError(f"--batch and --prompt must be >= 1 (got batch {batch}, prompt {prompt})")
-        if model.encoder and output > 0:
-            output = 0  # encoders produce no tokens: the estimate is one forward pass
-        fp = memory_footprint(engine, hardware.params, batch, prompt, output)
-        cap = kv_capacity(engine, hardware.params, stack)
-        waves = static_waves(engine, cap, batch, prompt, output)
-        row = {
-            "model": model.name, "hardware": hardware.spec.name, "tp": tp, "pp": args.pp, "ep": args.ep,
-            "batch": batch, "prompt": prompt, "output": output, "dtype": engine.weight_dtype,
-            "kv_dtype": engine.kv_dtype, "ideal": bool(args.ideal), "calibrated": hardware.spec.calibrated,
-            "stack": hardware.spec.stack, "kv_rule": stack.label,
-            "efficiency_source": hardware.spec.provenance,
-            "fits": waves.fits, "waves": waves.full + (waves.last > 0), "per_wave": waves.per_wave,
-            "kv_blocks_per_device": cap.blocks, "missing_bytes_per_device": waves.missing_bytes,
-            "weights_bytes": fp.weights * engine.devices, "weights_bytes_per_device": fp.weights,
-            "kv_bytes_per_token": fp.kv_per_token, "kv_bytes_per_token_per_device": fp.kv_per_token_device,
-            "kv_total_bytes": fp.kv_total * engine.devices, "memory_per_device_bytes": fp.required,
-            "device_capacity_bytes": fp.capacity, "impossible": None,
-        }
-        reason = _impossible(engine, stack, cap, waves, prompt, output)
-        if reason:
-            rows.append({**row, "impossible": reason, "prefill_s": None, "decode_step_s": None, "tpot_s": None,
-                         "e2e_s": None, "prefill_groups": {}, "decode_groups": {}})
-            continue
-        e2e, est = static_batch_in_waves(engine, hardware.params, waves.per_wave, waves.full, waves.last, prompt,
-                                         output)
-        rows.append({**row, "prefill_s": float(est.prefill_s), "decode_step_s": float(est.decode_step_s),
-                     "tpot_s": float(est.tpot_s), "e2e_s": float(e2e),
-                     "prefill_groups": group_bounds(engine, est.prefill),
-                     "decode_groups": group_bounds(engine, est.decode_first) if output > 1 else {}})
-    return rows
-
-
-def _print_table(rows: list[dict]) -> None:
-    gb = 1e9
-    for row in rows:
-        cal = row["efficiency_source"] if row["stack"] or not row["calibrated"] else "calibrated"
-        print(f"{row['model']} on {row['hardware']} tp={row['tp']} pp={row['pp']}  batch={row['batch']} "
-              f"prompt={row['prompt']} output={row['output']}  [{row['dtype']}; {cal}]")
-        if row["impossible"]:
-            print(f"  impossible: {row['impossible']}\n")
-            continue
-        if not row["fits"]:
-            print(f"  does not fit at once: {row['missing_bytes_per_device'] / gb:.2f} GB more KV per device than "
-                  f"the {row['kv_blocks_per_device']} blocks of {row['kv_rule']}'s rule; runs in {row['waves']} waves "
-                  f"of up to {row['per_wave']} requests (times below: the whole batch, first wave's prefill)")
-        print(f"  prefill      {row['prefill_s'] * 1e3:10.2f} ms")
-        print(f"  decode step  {row['decode_step_s'] * 1e3:10.2f} ms   (mean over output: {row['tpot_s'] * 1e3:.2f} ms)")
-        print(f"  end to end   {row['e2e_s'] * 1e3:10.2f} ms")
-        print(f"  memory       weights {row['weights_bytes'] / gb:.2f} GB total ({row['weights_bytes_per_device'] / gb:.2f} "
-              f"per device), KV {row['kv_bytes_per_token'] / 1e3:.1f} KB/token, KV total {row['kv_total_bytes'] / gb:.3f} GB, "
-              f"{row['memory_per_device_bytes'] / gb:.1f} of {row['device_capacity_bytes'] / gb:.1f} GB per device")
-        print(f"  {'group':14s} {'prefill ms':>11s} {'bound':>9s} {'decode ms':>11s} {'bound':>9s}")
-        for name in GROUP_ORDER:
-            p, d = row["prefill_groups"].get(name), row["decode_groups"].get(name)
-            if p is None and d is None:
-                continue
-            fmt = lambda g: (f"{g['time_s'] * 1e3:11.3f} {g['bound']:>9s}" if g else f"{'-':>11s} {'-':>9s}")
-            print(f"  {name:14s} {fmt(p)} {fmt(d)}")
-        print()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hermes-jax", description="Differentiable LLM serving simulator")
+    parser.add_argument("--version", action="version", version=f"hermes-jax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     est = sub.add_parser("estimate", help="static-batch prefill / decode / end-to-end time and memory",
                          description="Time of a static batch: prefill of every request (which samples the first "
@@ -414,18 +292,41 @@ def _calibrate_trace(args, bounds, priors) -> None:
     _report(result, args.out)
 
 
+def output_directory(path: str | None, flag: str = "--out") -> None:
+    """Check (and create) an output directory before any work, so a bad --out loses nothing."""
+    if not path:
+        return
+    import os
+    from pathlib import Path
+
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{flag} {path}: exists and is not a directory")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot create the directory ({exc.strerror})") from None
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: the directory is not writable")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("simulate", "calibrate", "design"):
+            output_directory(args.out)
+            from .sim.cache import enable_compilation_cache
+            enable_compilation_cache()
         if args.command == "estimate":
             if args.hardware is None and not args.hardware_file:
                 args.hardware = "h100-sxm"
-            rows = _estimate_rows(args)
+            from .estimate_table import estimate_rows, print_table
+            rows = estimate_rows(args, _chosen_stack)
             if args.json:
                 for row in rows:
                     print(json.dumps(row))
             else:
-                _print_table(rows)
+                print_table(rows)
             if all(row["impossible"] for row in rows):
                 print(f"hermes-jax: error: no grid point can run ({len(rows)} impossible; reasons above)",
                       file=sys.stderr)

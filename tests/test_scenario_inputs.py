@@ -82,10 +82,28 @@ def test_too_long_requests_are_rejected_and_running_ones_reported_unfinished():
     assert len(df) == len(build_workload(scenario))
 
 
-def test_progress_bar_reaches_the_end(capfd):
+def test_progress_reaches_the_end_without_carriage_returns_in_a_log(capfd):
     simulate(load_scenario(DEFAULT_SCENARIO, ["simulation.horizon_s=2"]), progress=True)
-    err = capfd.readouterr().err
-    assert "e0 [" in err and "100.0%" in err
+    captured = capfd.readouterr()
+    assert "plan: " in captured.out and "steps" in captured.out
+    err = captured.err     # not a terminal: one line per quarter
+    assert "\r" not in err and err.count("\n") == 4 and "e0: 100% of" in err
+
+
+def test_progress_bar_on_a_terminal():
+    import io
+
+    from hermes_jax.sim.progress import ProgressBar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    bar = ProgressBar("e0", stream)
+    for done in (10, 50, 100):
+        bar(done, 100)
+    assert stream.getvalue().count("\r") == 3 and stream.getvalue().endswith("100.0%\n")
 
 
 def test_closed_loop_client_from_toml(tmp_path):

@@ -11,7 +11,8 @@ import pytest
 from hermes_jax.errors import ConfigError
 from hermes_jax.sim import DEFAULT_SCENARIO, load_scenario
 from hermes_jax.sim.build import build_group
-from hermes_jax.sim.differentiable import DifferentiableSim, _metrics, request_bucket
+from hermes_jax.sim.differentiable import DifferentiableSim, _metrics
+from hermes_jax.sim.shapes import request_bucket
 from hermes_jax.sim.reference import simulate_reference
 from hermes_jax.sim.smoothing import Smoothed
 

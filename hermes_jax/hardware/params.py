@@ -99,6 +99,13 @@ OVERHEAD_FIELDS = ("compute_half_flop", "attention_row_keys", "memory_half_bytes
                    "host_overhead_s", "host_overhead_per_seq_s", "host_overhead_per_context_token_s",
                    "host_overhead_multiworker_s",
                    "host_overhead_per_vocab_s", "host_overhead_per_logit_s")
+# Rates, sizes and efficiencies a device cannot do without: 0 would make a service time infinite (or
+# a KV cache empty), so 0 is refused where parameters are built; overheads and latencies may be 0.
+POSITIVE_FIELDS = ("peak_flops", "hbm_bandwidth", "hbm_capacity", "compute_efficiency", "attention_efficiency",
+                   "memory_efficiency", "attention_memory_efficiency", "elementwise_efficiency",
+                   "intra_link_bandwidth", "intra_link_efficiency", "inter_link_bandwidth", "inter_link_efficiency",
+                   "collective_ll_bandwidth_efficiency", "tier_bandwidth", "cpu_cores", "cpu_core_flops",
+                   "cpu_dram_bandwidth")
 
 
 @jax.tree_util.register_pytree_node_class
@@ -127,7 +134,8 @@ class HardwareParams:
 
     @classmethod
     def from_natural(cls, values: Mapping[str, object], dtype=None) -> "HardwareParams":
-        """Build from natural SI values; every FIELDS name is required and must be >= 0. A scalar
+        """Build from natural SI values; every FIELDS name is required and must be >= 0 (> 0 for
+        POSITIVE_FIELDS). A scalar
         given for a vector field applies to every entry."""
         missing = [n for n in FIELDS if n not in values]
         if missing:
@@ -141,6 +149,9 @@ class HardwareParams:
                 raise ConfigError(f"hardware parameter {name}: expected shape {shape}, got {value.shape}")
             if not np.all(np.isfinite(value)) or np.any(value < 0):
                 raise ConfigError(f"hardware parameter {name} must be finite and >= 0 ({unit}), got {value}")
+            if name in POSITIVE_FIELDS and np.any(value == 0):
+                raise ConfigError(f"hardware parameter {name} must be > 0 ({unit}; 0 would make every operation "
+                                  f"that needs it take forever), got {value}")
             with np.errstate(divide="ignore"):
                 logs[name] = jnp.asarray(np.log(value), dtype=dtype)
         return cls(logs)

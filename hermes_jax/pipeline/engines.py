@@ -72,7 +72,7 @@ def run_engine(scenario: Scenario, name: str, jobs: pd.DataFrame, client_of: np.
     columns (admit_s, first_token_s, finish_s, status, ...; NaN and "unfinished" for jobs never
     issued before the horizon) and the engine's Results."""
     from ..sim.reference import simulate_reference
-    from ..sim.simulate import simulate
+    from ..sim.simulate import simulate_engines
     clients = tuple(dataclasses.replace(c, engine=name, pipeline=()) for c in scenario.clients)
     sub = Scenario(scenario.simulation, (scenario.engine(name),), clients, scenario.source)
     jobs = jobs.reset_index(drop=True)
@@ -93,7 +93,7 @@ def run_engine(scenario: Scenario, name: str, jobs: pd.DataFrame, client_of: np.
                         output_tokens=sorted_jobs.output_tokens.to_numpy(np.int64),
                         client=client_of[sorted_jobs.request.to_numpy()], client_names=tuple(c.name for c in clients),
                         cached_tokens=sorted_jobs.cached_tokens.to_numpy(np.int64), **closed)
-    result = simulate_reference(sub, workload) if reference else simulate(sub, workload, progress=progress)
+    result = simulate_reference(sub, workload) if reference else simulate_engines(sub, workload, progress=progress)
     got = result.requests.set_index("request")
     columns = ["arrival_s", "replica", "admit_s", "first_token_s", "finish_s", "itl_max_s", "generated", "preemptions", "status",
                "reject_reason"]

@@ -35,6 +35,7 @@ from .build import build_group, group_config, kv_blocks_of, kv_rule
 from .engine import run
 from .estimators import Pathwise
 from .scenario import Scenario
+from .shapes import pad_requests, request_bucket
 from .simulate import _group_rows, prepare
 from .smoothing import Smoothed, smoothing_gap
 from .state import Requests
@@ -50,15 +51,6 @@ def soft_quantile(values, mask, q: float, bandwidth: float = 0.02):
     rank = (jnp.arange(values.shape[0]) + 0.5) / jnp.maximum(n, 1)
     weight = jnp.where(jnp.arange(values.shape[0]) < n, jnp.exp(-0.5 * ((rank - q) / bandwidth) ** 2), 0.0)
     return jnp.sum(jnp.where(weight > 0, ordered, 0.0) * weight) / jnp.maximum(weight.sum(), 1e-30)
-
-
-def request_bucket(n: int) -> int:
-    """Padded request count: the next of 64, 96, 128, 192, 256, ... (at most 1.5x the requests), so
-    workloads of similar size share one compiled function."""
-    size = 64
-    while size < n:
-        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
-    return size
 
 
 @dataclass(frozen=True)
@@ -287,13 +279,3 @@ class DifferentiableSim:
                              self._data)
 
 
-def pad_requests(req: Requests, size: int) -> Requests:
-    """``req`` with ``size - N`` requests appended that never arrive (step past every horizon, not
-    admissible); ``step_first`` is unchanged, so routing never reaches them."""
-    extra = size - req.input_tokens.shape[0]
-    if extra <= 0:
-        return req
-    fill = {"arrival_step": 2**30, "arrival_off": 0.0, "input_tokens": 1, "output_tokens": 1, "cached": 0,
-            "admissible": False, "priority": 0, "next_request": -1, "think": 0.0, "user": -1}
-    return req._replace(**{k: jnp.concatenate([getattr(req, k), jnp.full(extra, v, getattr(req, k).dtype)])
-                           for k, v in fill.items()})

@@ -34,7 +34,7 @@ from .group import F32, I32, GroupConfig, arrival_time, blocks, cond
 from .routing import route, schedule_next
 from .state import Records, Requests, SimState, Slots, StepTrace
 
-__all__ = ["GroupConfig", "init", "step", "run"]
+__all__ = ["GroupConfig", "init", "step", "run", "run_segments"]
 
 
 def init(cfg: GroupConfig, req: Requests) -> SimState:
@@ -202,13 +202,14 @@ def _run_replicas(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capaci
     return state, busy, work
 
 
-def step(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capacity, state: SimState, s):
+def step(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capacity, state: SimState, s, active=True):
     """Advance every replica by one ``dt`` step. ``hw`` has a leading replica axis (R).
 
     Routing sees the replicas at the step start, except with ``cfg.route_each_arrival``: then the
     replicas run up to each arrival of the step before it is routed, as in the exact reference (a
-    while loop over the arrivals: forward only)."""
-    dt = jnp.asarray(cfg.dt, F32)
+    while loop over the arrivals: forward only). An inactive step (padding past the horizon, see
+    ``shapes``) starts no decision: iterations already running finish as they would."""
+    dt = jnp.where(active, jnp.asarray(cfg.dt, F32), -jnp.inf)
     if cfg.route_each_arrival:
         def arrive(i, carry):
             st, busy, work = carry
@@ -224,13 +225,48 @@ def step(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capacity, state
         state, busy, work = _run_replicas(cfg, hw, req, kv_capacity, state, s, dt)
     slots, clock, tail, head = state.slots, state.clock, state.tail, state.head
     # A replica whose clock is still inside the step ran out of decisions: it goes on next step.
-    deferred = state.deferred + jnp.any(clock < cfg.dt).astype(I32)
+    deferred = state.deferred + (jnp.any(clock < cfg.dt) & active).astype(I32)
     trace = StepTrace(batch=(slots.req >= 0).sum(-1).astype(I32),
                       kv_blocks=blocks(slots.alloc, cfg.block_size).sum(-1).astype(I32),
                       busy_s=busy, queued=(tail - head).astype(I32), flop=work[:, 0], bytes=work[:, 1])
     new_state = state._replace(slots=slots._replace(last_token=slots.last_token - cfg.dt), clock=clock - cfg.dt,
                                deferred=deferred)
     return new_state, trace
+
+
+@partial(jax.jit, static_argnums=(0, 6))
+def _segment(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capacity, state: SimState, first, length: int,
+             horizon_steps):
+    """``length`` steps from step ``first``; steps at or past ``horizon_steps`` are inactive."""
+    def advance(st, s):
+        return step(cfg, hw, req, kv_capacity, st, s, active=s < horizon_steps)
+    return jax.lax.scan(advance, state, first + jnp.arange(length, dtype=I32))
+
+
+_start = jax.jit(init, static_argnums=0)
+
+
+def run_segments(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capacity, horizon_steps: int,
+                 segments: int = 16, progress=None) -> tuple[SimState, StepTrace]:
+    """The forward run of ``run`` as ``segments`` calls of one compiled segment of the scan, so
+    progress is reported from Python between them (``progress(done_steps, total_steps)``) and no
+    host callback keeps the program out of JAX's persistent compilation cache. ``req`` covers a
+    padded number of steps (a multiple of ``segments``); the steps from ``horizon_steps`` on are
+    inactive and the trace is cut to the horizon."""
+    total = req.step_first.shape[0] - 1
+    length = -(-total // segments)
+    state = _start(cfg, req)
+    traces = []
+    horizon = jnp.asarray(horizon_steps, I32)
+    for k in range(segments):
+        if k * length >= total:
+            break
+        state, trace = _segment(cfg, hw, req, kv_capacity, state, jnp.asarray(k * length, I32), length, horizon)
+        traces.append(trace)
+        if progress is not None:
+            progress(min((k + 1) * length, horizon_steps), horizon_steps)
+    trace = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs)[:horizon_steps], *traces)
+    return state, trace
 
 
 def _report(label: str, steps: int, s):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -19,6 +20,8 @@ def print_summary(results: Results) -> None:
     print(f"throughput {s['throughput_rps']:.3f} req/s, {s['output_tokens_per_s']:.1f} output tokens/s, "
           f"goodput {s['goodput_rps']:.3f} req/s (SLOs met)")
     print(f"{'latency':12s} {'mean':>10s} {'p50':>10s} {'p90':>10s} {'p95':>10s} {'p99':>10s}   (ms)")
+    if not s["finished"]:
+        print(f"{'(none)':12s} no request finished: latencies are undefined")
     for name, stats in s["latency"].items():
         if stats:
             print(f"{name:12s} " + " ".join(f"{stats[k] * 1e3:10.2f}" for k in ("mean", "p50", "p90", "p95", "p99")))
@@ -31,8 +34,12 @@ def print_summary(results: Results) -> None:
             print(f"{u['kind']} {name}: utilization {u['utilization']:.1%}")
     if "energy" in s:
         e = s["energy"]
-        print(f"energy {e['energy_j'] / 3.6e6:.3f} kWh, {e['j_per_token']:.3f} J/token; cost ${e['cost_usd']:.2f}, "
-              f"${e['usd_per_mtok']:.2f} per million tokens, {e['tokens_per_usd']:.0f} tokens/$")
+        if math.isfinite(e["j_per_token"]):
+            print(f"energy {e['energy_j'] / 3.6e6:.3f} kWh, {e['j_per_token']:.3f} J/token; cost ${e['cost_usd']:.2f}, "
+                  f"${e['usd_per_mtok']:.2f} per million tokens, {e['tokens_per_usd']:.0f} tokens/$")
+        else:
+            print(f"energy {e['energy_j'] / 3.6e6:.3f} kWh; cost ${e['cost_usd']:.2f}; per token: undefined "
+                  "(no output tokens were generated)")
     stages = results.extra.get("stages")
     if stages is not None:
         print(f"{'client':12s} {'stage':18s} {'resource':14s} {'wait ms':>10s} {'service ms':>11s}")
@@ -62,6 +69,39 @@ def stage_breakdown(results: Results):
     return table
 
 
+UNDEFINED_BECAUSE = {"j_per_token": "no output tokens were generated", "usd_per_mtok": "no output tokens were generated",
+                     "tokens_per_usd": "the run cost nothing", "mfu": "the device's peak is unknown",
+                     "mbu": "the device's bandwidth is unknown"}
+
+
+def standard_json(data) -> tuple[object, dict]:
+    """``data`` with every NaN or infinity replaced by None (standard JSON has neither), and the
+    reason for each replaced value by its dotted path."""
+    reasons: dict[str, str] = {}
+
+    def clean(value, path):
+        if isinstance(value, dict):
+            return {k: clean(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:   # NumPy scalars
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            key = path.rsplit(".", 1)[-1]
+            reasons[path] = UNDEFINED_BECAUSE.get(key, "infinite" if math.isinf(value) else "not a number")
+            return None
+        return value
+
+    return clean(data, ""), reasons
+
+
+def summary_json(results: Results) -> str:
+    """summary.json: the summary, the run's details and ``undefined`` (why a value is null)."""
+    extra = {k: v for k, v in results.extra.items() if k not in ("stages", "jobs")}   # tables go to CSV
+    body, reasons = standard_json({**results.summary, "run": extra})
+    return json.dumps({**body, "undefined": reasons}, indent=2, allow_nan=False, default=float)
+
+
 def write_outputs(results: Results, out: Path) -> list[Path]:
     import matplotlib
 
@@ -72,8 +112,7 @@ def write_outputs(results: Results, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "summary.json", out / "requests.csv", out / "timeseries.csv", out / "latency_cdf.png",
              out / "timeseries.png"]
-    extra = {k: v for k, v in results.extra.items() if k not in ("stages", "jobs")}   # tables go to CSV
-    paths[0].write_text(json.dumps({**results.summary, "run": extra}, indent=2, default=float))
+    paths[0].write_text(summary_json(results))
     results.requests.to_csv(paths[1], index=False)
     results.timeseries.to_csv(paths[2], index=False)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
@@ -85,7 +124,10 @@ def write_outputs(results: Results, out: Path) -> list[Path]:
         ax.set_xlabel(col.replace("_s", " (s)").upper())
         ax.set_ylabel("fraction of requests")
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    if len(done):
+        axes[0].legend()
+    else:
+        axes[1].text(0.5, 0.5, "no request finished", ha="center", transform=axes[1].transAxes)
     fig.tight_layout()
     fig.savefig(paths[3], dpi=110)
     plt.close(fig)
@@ -126,13 +168,10 @@ def run_cli(scenario_path: str | None, out: str | None, overrides: list[str], st
     path = scenario_path or DEFAULT_SCENARIO
     scenario = load_scenario(path, overrides, stack)
     start = time.perf_counter()
-    print(f"simulating {path} (horizon {scenario.simulation.horizon_s:g} s, dt {scenario.simulation.dt_s:g} s) ...",
+    sim = scenario.simulation
+    print(f"simulating {path}: horizon {sim.horizon_s:g} s, dt {sim.dt_s:g} s ({sim.dt_reason}), {sim.steps} steps ...",
           flush=True)
-    if scenario.resources or any(c.pipeline for c in scenario.clients):
-        from ..pipeline.run import simulate_pipeline
-        results = simulate_pipeline(scenario, progress=True)
-    else:
-        results = simulate(scenario, progress=True)
+    results = simulate(scenario, progress=True)
     print(f"done in {time.perf_counter() - start:.2f} s (including compilation)")
     print_summary(results)
     if out:

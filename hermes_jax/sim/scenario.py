@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,21 +85,120 @@ def _choice(where, table, index, name, data, key, allowed, default=None):
     return value
 
 
+def binary_step(dt: float) -> float:
+    """The largest k * 2**e <= dt with k in 128..255: a binary fraction, so subtracting it from a
+    float32 clock below 2**13 s is exact (a clock carried across 10^5 steps of 0.005 s drifts by
+    0.3 ms otherwise, enough to flip a scheduling decision) and less than 1/128 below the value
+    asked for."""
+    e = math.floor(math.log2(dt)) - 7
+    return math.floor(dt / 2.0**e) * 2.0**e
+
+
 @dataclass(frozen=True)
 class Simulation:
-    dt_s: float = 0.005          # s, scheduler step (routing cadence; iterations keep continuous times)
+    """Time stepping. ``dt_s`` (s) is the routing cadence: iterations keep continuous times, so with one
+    replica, round-robin routing or a state-dependent router over open-loop clients the result does
+    not depend on it; it sets speed and the time series' resolution. None: chosen for the scenario
+    (``auto_time_step``). A given value is rounded down to a binary fraction (``binary_step``);
+    ``dt_requested_s`` keeps what was asked for."""
+
+    dt_s: float | None = None    # s, scheduler step; None = automatic
     horizon_s: float = 3600.0    # s, stop; requests still in the system are reported unfinished
     seed: int = 0
     iterations_per_step: int = 0  # cap on engine iterations inside one step; 0 = derive from dt
+    max_steps: int = 5_000_000   # refuse runs of more steps (hermes_jax.sim.budget)
+    memory_budget_gb: float = 8.0  # GB, refuse runs whose state, trace and tables would need more
+    dt_requested_s: float | None = None   # s, the dt_s given (None: automatic)
+    dt_reason: str = ""          # how dt_s was chosen
+
+    def __post_init__(self):
+        if not (isinstance(self.horizon_s, (int, float)) and math.isfinite(self.horizon_s) and self.horizon_s > 0):
+            raise ConfigError(f"[simulation] horizon_s: must be a positive number of seconds, got {self.horizon_s!r}")
+        if self.dt_s is None:
+            return
+        if not (isinstance(self.dt_s, (int, float)) and math.isfinite(self.dt_s) and self.dt_s > 0):
+            raise ConfigError(f"[simulation] dt_s: must be a positive number of seconds, got {self.dt_s!r}")
+        if self.dt_s > self.horizon_s:
+            raise ConfigError(f"[simulation] dt_s: {self.dt_s:g} s is longer than horizon_s ({self.horizon_s:g} s): "
+                              "requests after the horizon would be simulated; use a smaller dt_s or leave it out "
+                              "(automatic)")
+        if not self.dt_reason:   # a dt given by the user (an automatic one comes with its reason)
+            object.__setattr__(self, "dt_requested_s", float(self.dt_s))
+            object.__setattr__(self, "dt_s", binary_step(float(self.dt_s)))
+            object.__setattr__(self, "dt_reason", "given" if self.dt_s == self.dt_requested_s else
+                               f"given {self.dt_requested_s:g} s, rounded down to a binary fraction")
+
+    @property
+    def steps(self) -> int:
+        return int(math.ceil(self.horizon_s / self.dt_s))
 
     @staticmethod
     def parse(data: dict, where: _Where) -> "Simulation":
-        _check_keys(where, "simulation", 0, "", data, {"dt_s", "horizon_s", "seed", "iterations_per_step"})
-        return Simulation(dt_s=_positive(where, "simulation", 0, "", data, "dt_s", 0.005),
-                          horizon_s=_positive(where, "simulation", 0, "", data, "horizon_s", 3600.0),
+        _check_keys(where, "simulation", 0, "", data, {"dt_s", "horizon_s", "seed", "iterations_per_step", "max_steps",
+                                                       "memory_budget_gb"})
+        horizon = _positive(where, "simulation", 0, "", data, "horizon_s", 3600.0)
+        dt = data.get("dt_s", "auto")
+        if dt != "auto":
+            dt = _positive(where, "simulation", 0, "", data, "dt_s")
+            if dt > horizon:
+                raise where.error("simulation", 0, "", "dt_s", f"{dt:g} s is longer than horizon_s ({horizon:g} s); "
+                                  "use a smaller dt_s or leave it out (automatic)")
+        return Simulation(dt_s=None if dt == "auto" else dt, horizon_s=horizon,
                           seed=_positive(where, "simulation", 0, "", data, "seed", 0, integer=True, allow_zero=True),
                           iterations_per_step=_positive(where, "simulation", 0, "", data, "iterations_per_step", 0,
-                                                        integer=True, allow_zero=True))
+                                                        integer=True, allow_zero=True),
+                          max_steps=_positive(where, "simulation", 0, "", data, "max_steps", 5_000_000, integer=True),
+                          memory_budget_gb=_positive(where, "simulation", 0, "", data, "memory_budget_gb", 8.0))
+
+
+ARRIVALS_PER_STEP = 8       # automatic dt: about this many arrivals per step ...
+MAX_AUTO_DT_S = 8.0         # ... but steps of at most 8 s,
+MIN_TIMESERIES_POINTS = 200  # at least 200 time-series points over the horizon,
+MAX_AUTO_STEPS = 50_000     # at most 50,000 steps,
+CLOSED_LOOP_DT_S = 2.0**-8   # and ~4 ms with closed-loop users
+
+
+def client_rate(client: "Client", horizon_s: float) -> float:
+    """Arrivals per second of one client averaged over the horizon (``max_requests`` counted;
+    closed loop: users / think time, an upper bound)."""
+    if client.users:
+        return client.users / max(client.think_time_s, 1e-9)
+    if client.trace and "arrival" not in client.trace:
+        from .workload import read_trace   # the workload reads it again from the same cache
+        times = read_trace(client.trace["path"], client.trace["format"]).arrival_s.to_numpy()
+        start, end = client.trace.get("start_s", 0.0), client.trace.get("end_s", math.inf)
+        times = (times[(times >= start) & (times < end)] - start) / client.trace.get("rate_scale", 1.0)
+        count = int((times < horizon_s).sum())
+    else:
+        rate = (client.trace["arrival"] if client.trace else client.arrival)["rate_per_s"]
+        count = rate * horizon_s
+    if client.max_requests:
+        count = min(count, client.max_requests)
+    return count / horizon_s
+
+
+def auto_time_step(sim: "Simulation", engines, clients) -> tuple[float, str]:
+    """The step for a scenario: about ARRIVALS_PER_STEP arrivals per step (work per step then grows
+    with events, not with horizon / dt), within [horizon / MAX_AUTO_STEPS, min(horizon /
+    MIN_TIMESERIES_POINTS, MAX_AUTO_DT_S)], a power of two. Closed-loop clients behind a
+    closed-loop users send their next request in a later step than the reply, so they keep a short step."""
+    rate = sum(client_rate(c, sim.horizon_s) for c in clients)
+    horizon = sim.horizon_s
+    high = min(horizon / MIN_TIMESERIES_POINTS, MAX_AUTO_DT_S)
+    low = max(horizon / MAX_AUTO_STEPS, 2.0**-12)
+    dt = ARRIVALS_PER_STEP / rate if rate > 0 else high
+    reason = f"about {ARRIVALS_PER_STEP} arrivals per step at {rate:.3g} requests/s"
+    if dt > high:
+        dt, reason = high, (f"steps of at most {MAX_AUTO_DT_S:g} s" if high == MAX_AUTO_DT_S else
+                            f"at least {MIN_TIMESERIES_POINTS} time-series points")
+    if dt < low:
+        dt, reason = low, f"at most {MAX_AUTO_STEPS} steps over the horizon"
+    if any(c.users for c in clients) and dt > CLOSED_LOOP_DT_S:
+        dt, reason = CLOSED_LOOP_DT_S, "closed-loop users' next requests are routed from the step after a reply"
+    dt = 2.0 ** math.floor(math.log2(min(dt, horizon)))
+    if dt < low and 2.0 ** math.ceil(math.log2(low)) <= horizon:   # a power of two that still keeps the step cap
+        dt = 2.0 ** math.ceil(math.log2(low))
+    return dt, f"automatic: {reason}"
 
 
 @dataclass(frozen=True)
@@ -174,6 +273,11 @@ class Engine:
         fraction = _positive(where, "engine", index, name, data, "kv_fraction", 0.9)
         if fraction > 1:
             raise where.error("engine", index, name, "kv_fraction", f"must be in (0, 1], got {fraction}")
+        overrides = data.get("hardware_overrides", {})
+        if not isinstance(overrides, dict):
+            raise where.error("engine", index, name, "hardware_overrides", "expected a table, e.g. "
+                              "{ hbm_bandwidth = 4e12 }")
+        _check_hardware_overrides(where, index, name, overrides)
         return Engine(name=name, model=data["model"], hardware=hardware, dtype=data.get("dtype", "bf16"),
                       kv_dtype=data.get("kv_dtype", ""), **ints, kv_fraction=fraction,
                       activation_reserve_gb=_positive(where, "engine", index, name, data, "activation_reserve_gb", 2.0,
@@ -185,6 +289,23 @@ class Engine:
                       queue_order=_choice(where, "engine", index, name, data, "queue_order", QUEUE_ORDERS, "fcfs"),
                       hardware_overrides=dict(data.get("hardware_overrides", {})), stack=stack,
                       kv_from_stack=kv_from_stack)
+
+
+def _check_hardware_overrides(where: _Where, index: int, name: str, overrides: dict) -> None:
+    """Known fields, finite non-negative numbers, and > 0 for rates, sizes and efficiencies."""
+    from ..hardware.params import FIELDS, POSITIVE_FIELDS
+    for key, value in overrides.items():
+        field_name = f"hardware_overrides.{key}"
+        if key not in FIELDS:
+            raise where.error("engine", index, name, field_name, f"unknown hardware parameter; known: {', '.join(FIELDS)}")
+        values = value if isinstance(value, list) else [value]
+        unit = FIELDS[key][1]
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise where.error("engine", index, name, field_name, f"must be a finite number >= 0 ({unit}), got {value!r}")
+            if v == 0 and key in POSITIVE_FIELDS:
+                raise where.error("engine", index, name, field_name, f"must be > 0 ({unit}): with 0 every operation "
+                                  f"that needs it would take forever, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -346,6 +467,11 @@ class Scenario:
         if self.resources or any(c.pipeline for c in self.clients):
             from ..pipeline.spec import check_pipelines
             check_pipelines(self)
+        automatic = self.simulation.dt_reason.startswith("automatic")   # a copy with other clients chooses anew
+        if self.simulation.dt_s is None or automatic:   # choose the step now, so every consumer sees one number
+            dt, reason = auto_time_step(self.simulation, self.engines, self.clients)
+            object.__setattr__(self, "simulation", replace(self.simulation, dt_s=dt, dt_requested_s=None,
+                                                           dt_reason=reason))
 
     def engine(self, name: str) -> Engine:
         return next(e for e in self.engines if e.name == name)

@@ -11,6 +11,7 @@ a bad value is reported with its file and line.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import pandas as pd
 
 from ..errors import ConfigError
 from ..tomlio import json_lines
+from .budget import check_expected_requests
 from .scenario import Client, Distribution, Scenario
 
 
@@ -48,15 +50,19 @@ class Workload:
         return len(self.arrival_s)
 
 
-def arrivals(process: str, rate: float, horizon: float, rng: np.random.Generator, cv: float = 1.0) -> np.ndarray:
-    """Arrival times in [0, horizon) of a renewal process with mean rate ``rate`` per second."""
+def arrivals(process: str, rate: float, horizon: float, rng: np.random.Generator, cv: float = 1.0,
+             limit: int = 0) -> np.ndarray:
+    """Arrival times in [0, horizon) of a renewal process with mean rate ``rate`` per second; with
+    ``limit`` > 0, only about the first ``limit`` (at least that many when the horizon has them) are drawn."""
     mean_gap = 1.0 / rate
     expected = int(rate * horizon * 1.2 + 20 + 6 * np.sqrt(rate * horizon))
+    if limit and expected > 1_000_000:   # draw in chunks of about the limit (small runs keep their random stream)
+        expected = int(limit * 1.2 + 20 + 6 * np.sqrt(limit))
     if process == "deterministic":
-        return np.arange(0.0, horizon, mean_gap)
+        return np.arange(0.0, min(horizon, (limit + 1) * mean_gap) if limit else horizon, mean_gap)
     times = np.empty(0)
     start = 0.0
-    while start < horizon:
+    while start < horizon and not (limit and len(times) >= limit):
         if process == "poisson":
             gaps = rng.exponential(mean_gap, expected)
         elif process == "gamma":
@@ -109,13 +115,17 @@ def read_lengths(path: str) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ traces
 def _check_column(df: pd.DataFrame, column: str, path: str, header_lines: int = 1, integer: bool = True,
                   allow_zero: bool = False) -> np.ndarray:
-    """Numeric, finite, non-negative column; the first bad row is reported with its file line."""
+    """Numeric, finite, non-negative column (whole numbers if ``integer``: token counts); the first
+    bad row is reported with its file line."""
     values = pd.to_numeric(df[column], errors="coerce").to_numpy(float)
     bad = ~np.isfinite(values) | (values < 0) | ((values == 0) & (not allow_zero))
+    if integer:
+        bad |= np.isfinite(values) & (values != np.round(values))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
+        kind = ("whole number of tokens" if integer else "number")
         raise ConfigError(f"{path}:{row + 1 + header_lines}: column {column!r} must be a "
-                          f"{'non-negative' if allow_zero else 'positive'} number, got {df[column].iloc[row]!r}")
+                          f"{'non-negative' if allow_zero else 'positive'} {kind}, got {str(df[column].iloc[row])!r}")
     return values
 
 
@@ -134,9 +144,16 @@ def _require(df: pd.DataFrame, columns: list[str], path: str):
 
 
 def read_trace(path: str, fmt: str) -> pd.DataFrame:
-    """A trace as a DataFrame with arrival_s (from 0), input_tokens, output_tokens (+ hash_ids, client)."""
+    """A trace as a DataFrame with arrival_s (from 0), input_tokens, output_tokens (+ hash_ids, client).
+    Read once per file version (choosing the time step reads it too)."""
     if not Path(path).exists():
         raise ConfigError(f"{path}: trace file not found")
+    stat = Path(path).stat()
+    return _read_trace(str(path), fmt, stat.st_mtime_ns, stat.st_size).copy()
+
+
+@lru_cache(maxsize=8)
+def _read_trace(path: str, fmt: str, mtime_ns: int, size: int) -> pd.DataFrame:
     if fmt == "azure":
         df = pd.read_csv(path, dtype=str)
         _require(df, ["TIMESTAMP", "ContextTokens", "GeneratedTokens"], path)
@@ -155,7 +172,7 @@ def read_trace(path: str, fmt: str) -> pd.DataFrame:
                     raise ConfigError(f"{path}:{number}: missing field {key!r}")
             rows.append(row)
         df = pd.DataFrame(rows)
-        out = pd.DataFrame({"arrival_s": _check_column(df, "timestamp", path, 0, allow_zero=True) / 1e3,
+        out = pd.DataFrame({"arrival_s": _check_column(df, "timestamp", path, 0, integer=False, allow_zero=True) / 1e3,
                             "input_tokens": _check_column(df, "input_length", path, 0),
                             "output_tokens": _check_column(df, "output_length", path, 0)})
         if "hash_ids" in df:
@@ -165,7 +182,7 @@ def read_trace(path: str, fmt: str) -> pd.DataFrame:
     elif fmt == "csv":
         df = pd.read_csv(path)
         _require(df, ["arrival_s", "input_tokens", "output_tokens"], path)
-        out = pd.DataFrame({"arrival_s": _check_column(df, "arrival_s", path, allow_zero=True),
+        out = pd.DataFrame({"arrival_s": _check_column(df, "arrival_s", path, integer=False, allow_zero=True),
                             "input_tokens": _check_column(df, "input_tokens", path),
                             "output_tokens": _check_column(df, "output_tokens", path)})
         for optional in ("client", "model"):
@@ -227,7 +244,10 @@ def build_workload(scenario: Scenario, seed: int | None = None) -> Workload:
             df = _from_trace(client, horizon, rng)
         else:
             a = client.arrival
-            times = arrivals(a["process"], a["rate_per_s"], horizon, rng, a.get("cv", 1.0))
+            expected = a["rate_per_s"] * horizon
+            check_expected_requests(scenario, client, min(expected, client.max_requests or expected))
+            times = arrivals(a["process"], a["rate_per_s"], horizon, rng, a.get("cv", 1.0),
+                             limit=client.max_requests)
             df = pd.DataFrame({"arrival_s": times, "input_tokens": lengths(client.input_tokens, len(times), rng),
                                "output_tokens": lengths(client.output_tokens, len(times), rng)})
         if client.max_requests:

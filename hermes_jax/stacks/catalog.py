@@ -14,10 +14,10 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..hardware.catalog import default_catalog
+from . import DEFAULT_STACK  # defined in the package, where the CLI reads it without JAX
 from .profile import KVSizing, StackProfile, profiles_from_toml
 
 DATA = Path(__file__).parent / "data"
-DEFAULT_STACK = "vllm"
 _USER: dict[str, StackProfile] = {}
 _SHIPPED: dict[str, StackProfile] | None = None
 

@@ -1,0 +1,154 @@
+"""Every run's edge cases: bad input is refused before any work with the file, line and field; a run
+that produces nothing still gives a valid result; no answer is silently wrong (issue 15)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from hermes_jax import cli
+from hermes_jax.errors import ConfigError
+from hermes_jax.hardware import get_hardware
+from hermes_jax.sim import DEFAULT_SCENARIO, load_scenario, simulate
+from hermes_jax.sim.budget import check_budget, plan_run
+from hermes_jax.sim.report import summary_json
+from hermes_jax.sim.scenario import Simulation, binary_step
+from hermes_jax.sim.simulate import busy_within_steps, simulate_engines
+
+SCENARIO = """
+[simulation]
+horizon_s = 5
+[[engine]]
+name = "e0"
+model = "llama-3.1-8b"
+hardware = "h100-sxm"
+[[client]]
+name = "c"
+engine = "e0"
+trace = {{ path = "{trace}", format = "csv" }}
+"""
+
+
+def write_trace(tmp_path, rows: str):
+    (tmp_path / "trace.csv").write_text("arrival_s,input_tokens,output_tokens\n" + rows)
+    path = tmp_path / "scenario.toml"
+    path.write_text(SCENARIO.format(trace="trace.csv"))
+    return path
+
+
+def strict_json(text: str):
+    def refuse(constant):
+        raise ValueError(f"not standard JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_empty_trace_gives_a_valid_empty_result(tmp_path):
+    results = simulate(load_scenario(write_trace(tmp_path, "")))
+    assert len(results.requests) == 0 and results.summary["requests"] == 0
+    engine = results.summary["engines"]["e0"]     # the idle engine is still there: it costs rent and idle power
+    assert engine["busy_fraction"] == 0.0
+    assert results.summary["resources"]["e0"]["energy_j"] > 0
+    body = strict_json(summary_json(results))
+    assert body["energy"]["j_per_token"] is None
+    assert "no output tokens" in body["undefined"]["energy.j_per_token"]
+
+
+def test_empty_trace_through_the_cli_writes_every_output(tmp_path, capsys):
+    path = write_trace(tmp_path, "")
+    assert cli.main(["simulate", str(path), "--out", str(tmp_path / "out")]) == 0
+    assert "no request finished" in capsys.readouterr().out
+    strict_json((tmp_path / "out" / "summary.json").read_text())
+    assert (tmp_path / "out" / "timeseries.png").exists()
+
+
+def test_fractional_tokens_name_file_and_line(tmp_path):
+    path = write_trace(tmp_path, "0.1,100,10\n0.2,100.5,10\n")
+    with pytest.raises(ConfigError, match=r"trace.csv:3: column 'input_tokens' must be a positive whole number"):
+        simulate(load_scenario(path))
+
+
+def test_out_naming_a_file_fails_before_the_run(tmp_path, monkeypatch, capsys):
+    target = tmp_path / "taken"
+    target.write_text("keep me")
+    monkeypatch.setattr("hermes_jax.sim.report.simulate", lambda *a, **k: pytest.fail("ran before checking --out"))
+    assert cli.main(["simulate", "--out", str(target)]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+    assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("field", ["hbm_bandwidth", "peak_flops", "memory_efficiency"])
+def test_zero_rate_or_efficiency_is_refused_with_its_line(field):
+    with pytest.raises(ConfigError, match=rf"default.toml:\d+ \[\[engine\]\] 'e0' hardware_overrides.{field}: must be > 0"):
+        load_scenario(DEFAULT_SCENARIO, [f"engine.e0.hardware_overrides={{{field}=0}}"])
+    with pytest.raises(ConfigError, match=f"{field} must be > 0"):
+        get_hardware("h100-sxm", **{field: 0.0})
+    get_hardware("h100-sxm", host_overhead_s=0.0)    # an overhead may be 0
+
+
+def test_dt_longer_than_the_horizon_is_refused():
+    with pytest.raises(ConfigError, match=r"default.toml:\d+ \[simulation\] dt_s: 500 s is longer than horizon_s"):
+        load_scenario(DEFAULT_SCENARIO, ["simulation.dt_s=500"])
+    with pytest.raises(ConfigError, match="longer than horizon_s"):
+        Simulation(dt_s=2.0, horizon_s=1.0)
+
+
+def test_a_given_dt_is_a_binary_fraction_so_float32_clocks_do_not_drift():
+    for asked in (0.005, 0.01, 0.1, 0.3, 1.0, 7.0):
+        dt = binary_step(asked)
+        assert asked * (1 - 1 / 128) < dt <= asked
+        clock, exact = np.float32(30.0), 30.0
+        for _ in range(20_000):   # a replica busy through many steps: its clock is shifted by dt each step
+            clock = np.float32(clock - np.float32(dt)) if clock > dt else np.float32(clock + np.float32(3.0))
+            exact = exact - dt if exact > dt else exact + 3.0
+        assert float(clock) == exact
+    # the drift binary steps remove: 0.005 itself loses precision in the same loop
+    clock = np.float32(30.0)
+    for _ in range(5000):
+        clock = np.float32(clock - np.float32(0.005))
+    assert float(clock) != pytest.approx(30.0 - 5000 * 0.005, abs=1e-6)
+
+
+def test_automatic_dt_follows_the_load_not_a_constant():
+    light = load_scenario(DEFAULT_SCENARIO).simulation
+    heavy = load_scenario(DEFAULT_SCENARIO, ["client.chat.arrival.rate_per_s=400"]).simulation
+    long = load_scenario(DEFAULT_SCENARIO, ["simulation.horizon_s=86400"]).simulation
+    assert light.dt_reason.startswith("automatic") and math.log2(light.dt_s).is_integer()
+    assert heavy.dt_s < light.dt_s and heavy.dt_s <= 8 / 400
+    assert long.steps <= 50_000 and long.dt_s <= 8
+    assert load_scenario(DEFAULT_SCENARIO, ["simulation.dt_s=0.25"]).simulation.dt_s == 0.25
+
+
+def test_budget_refuses_with_the_setting_to_change():
+    scenario = load_scenario(DEFAULT_SCENARIO, ["simulation.dt_s=1e-5"])
+    with pytest.raises(ConfigError, match="exceed max_steps .* use a larger dt_s"):
+        check_budget(plan_run(scenario, {"e0": 600}), scenario)
+    scenario = load_scenario(DEFAULT_SCENARIO, ["simulation.memory_budget_gb=1e-5"])
+    with pytest.raises(ConfigError, match="more than memory_budget_gb"):
+        simulate(scenario)
+    with pytest.raises(ConfigError, match=r"\[\[client\]\] 'chat': about 1.2e\+10|12,000,000,000 requests"):
+        simulate(load_scenario(DEFAULT_SCENARIO, ["client.chat.arrival.rate_per_s=1e8"]))
+
+
+def test_busy_time_spills_into_the_next_steps_and_is_bounded():
+    started = np.zeros((10, 2))
+    started[1, 0] = 0.35          # a 0.35 s prefill starting in step 1 of 0.1 s steps
+    started[2, 1] = 0.05
+    inside = busy_within_steps(started, 0.1)
+    assert inside.max() <= 0.1
+    np.testing.assert_allclose(inside[:, 0], [0, 0.1, 0.1, 0.1, 0.05, 0, 0, 0, 0, 0])
+    assert inside[:, 1].sum() == pytest.approx(0.05)
+    started[9, 0] = 0.5           # work running past the horizon is outside the run
+    assert busy_within_steps(started, 0.1)[:, 0].sum() == pytest.approx(0.45)
+
+
+def test_pipeline_scenarios_run_their_stages_through_the_one_simulate():
+    path = DEFAULT_SCENARIO.parent / "rag_kv.toml"
+    scenario = load_scenario(path, ["simulation.horizon_s=6"])
+    results = simulate(scenario)
+    stages = {label.split(":", 1)[1] for label in results.extra["stages"].stage}
+    assert {"embed", "generate"} <= stages and len(stages) > 2
+    with pytest.raises(ConfigError, match="use simulate"):
+        simulate_engines(scenario)
+    busy = results.timeseries.busy
+    assert busy.max() <= 1.0 and all(e["busy_fraction"] <= 1.0 for e in results.summary["engines"].values())
