@@ -50,25 +50,36 @@ def iteration_cost(engine: EngineSpec, hw: HardwareParams, new, context, logits,
     dtype = hw.log["hbm_bandwidth"].dtype
     active = costs["_active_sequences"][0].astype(dtype)
     peak_gemm = hw.peak(engine.compute_dtype)
-    cols = {k: [] for k in ("time", "compute", "memory", "network", "overhead", "flop", "bytes")}
+    flops, nbytes = [], []
     for op in ops:
-        flop, nbytes = costs[op.name]
+        flop, moved = costs[op.name]
         if op.kind == ATTENTION:
             flop = (flop + (1.0 - hw.attention_causal_efficiency) * costs["_attention_masked_flop"][0]
                     + hw.attention_row_keys * costs["_attention_row_flop"][0])
-        flop = jnp.broadcast_to(flop, active.shape).astype(dtype)
-        nbytes = jnp.broadcast_to(nbytes, active.shape).astype(flop.dtype)
-        zero = jnp.zeros_like(flop)
+        flops.append(jnp.broadcast_to(flop, active.shape).astype(dtype))
+        nbytes.append(jnp.broadcast_to(moved, active.shape).astype(dtype))
+    flop, moved = jnp.stack(flops, axis=-1), jnp.stack(nbytes, axis=-1)            # (..., n)
+    zero = jnp.zeros_like(flop)
+    # Kernels: one roofline over the operator axis (one traced expression, not one per operator),
+    # with each operator's (peak, efficiency, half size, memory efficiency) gathered into vectors.
+    kernels = [i for i, op in enumerate(ops) if op.kind != COLLECTIVE]
+    t, tc, tm, tn, to = zero, zero, zero, zero, zero
+    if kernels:
+        terms = [kernel_terms(hw, ops[i].kind, ops[i].kernel, peak_gemm) for i in kernels]
+        peak, eff, half, mem_eff = (jnp.stack([jnp.asarray(x[j], dtype) for x in terms]) for j in range(4))
+        index = jnp.asarray(kernels)
+        kt, kc, km = op_time(flop[..., index], moved[..., index], hw, peak, eff, half, mem_eff, engine.roofline)
+        busy = (flop[..., index] > 0) | (moved[..., index] > 0)
+        t, tc, tm = t.at[..., index].set(kt), tc.at[..., index].set(kc), tm.at[..., index].set(km)
+        to = to.at[..., index].set(jnp.where(busy, hw.kernel_overhead_s, 0.0))
+    for i, op in enumerate(ops):
         if op.kind == COLLECTIVE:
-            t = collective_time(op.collective, nbytes, op.group_size, hw, engine.system.devices_per_node,
-                                engine.collective)
-            tc, tm, tn, to = zero, zero, t, zero
-        else:
-            t, tc, tm = op_time(flop, nbytes, hw, *kernel_terms(hw, op.kind, op.kernel, peak_gemm), engine.roofline)
-            tn, to = zero, jnp.where((flop > 0) | (nbytes > 0), hw.kernel_overhead_s, 0.0)
-        for key, value in zip(cols, (t, tc, tm, tn, to, flop, nbytes)):
-            cols[key].append(op.count * value)
-    stacked = {k: jnp.stack(v, axis=-1) for k, v in cols.items()}
+            ct = collective_time(op.collective, moved[..., i], op.group_size, hw, engine.system.devices_per_node,
+                                 engine.collective)
+            t, tn = t.at[..., i].set(ct), tn.at[..., i].set(ct)
+    count = jnp.asarray([op.count for op in ops], dtype)
+    stacked = {k: count * v for k, v in zip(("time", "compute", "memory", "network", "overhead", "flop", "bytes"),
+                                            (t, tc, tm, tn, to, flop, moved))}
     sampled = costs["_sampled_sequences"][0].astype(dtype)
     held = jnp.broadcast_to(costs["_held_tokens"][0], active.shape).astype(dtype)
     host = host_time(hw, active, sampled, engine.model.vocab, engine.parallel.devices, held)

@@ -32,43 +32,58 @@ def e2e_sum(model):
     return f
 
 
-def test_pathwise_gradient_is_exact_for_the_sample_path(scenario):
+def summed(model):
+    """Total E2E of finished requests and total wait before admission: one function, so each
+    estimator's backward scan is traced and compiled once for every test that needs it."""
+    def f(p):
+        t = model.times(p)
+        return jax.numpy.stack([(t["finish"] - model.arrival).sum(where=t["finished"]),
+                                (t["admit"] - model.arrival).sum()])
+    return f
+
+
+@pytest.fixture(scope="module")
+def models(scenario):
+    """Value and gradient (along hbm_bandwidth) of both sums per (estimator, checkpoint)."""
+    out = {}
+    for name, estimator, checkpoint in (("pathwise", Pathwise(), False), ("anchored", Anchored(), False),
+                                        ("anchored_ckpt", Anchored(), True)):
+        model = DifferentiableSim(scenario, estimator=estimator, checkpoint=checkpoint)
+        f = jax.jit(summed(model))
+        value = np.asarray(f(model.params))
+        jac = jax.jit(jax.jacrev(summed(model)))(model.params)
+        out[name] = (model, f, value, {k: np.asarray(v) for k, v in jac.log.items()})
+    return out
+
+
+def test_pathwise_gradient_is_exact_for_the_sample_path(models):
     """Tiny steps flip no decision, so central differences see the same path as autodiff."""
-    model = DifferentiableSim(scenario, estimator=Pathwise(), checkpoint=False)
-    f = jax.jit(e2e_sum(model))
-    grad = float(jax.grad(f)(model.params).log[KEY])
+    model, f, _, jac = models["pathwise"]
+    grad = float(jac[KEY][0])
     h = 1e-5
-    fd = (float(f(shifted(model.params, h))) - float(f(shifted(model.params, -h)))) / (2 * h)
+    fd = (float(f(shifted(model.params, h))[0]) - float(f(shifted(model.params, -h))[0])) / (2 * h)
     assert int(model.times(model.params)["finished"].sum()) >= 8   # several overlapping requests
     assert grad == pytest.approx(fd, rel=0.02)
     assert grad < 0    # more bandwidth, shorter latencies
 
 
-def test_checkpointed_scan_gives_the_same_values_and_gradients(scenario):
-    plain = DifferentiableSim(scenario, estimator=Anchored(), checkpoint=False)
-    ckpt = DifferentiableSim(scenario, estimator=Anchored(), checkpoint=True)
-    (v1, g1), (v2, g2) = (jax.value_and_grad(e2e_sum(m))(m.params) for m in (plain, ckpt))
-    assert float(v1) == pytest.approx(float(v2), rel=1e-12)
-    for k in g1.log:
-        np.testing.assert_allclose(np.asarray(g1.log[k]), np.asarray(g2.log[k]), rtol=1e-9, atol=1e-12, err_msg=k)
+def test_checkpointed_scan_gives_the_same_values_and_gradients(models):
+    (_, _, v1, g1), (_, _, v2, g2) = models["anchored"], models["anchored_ckpt"]
+    np.testing.assert_allclose(v1, v2, rtol=1e-12)
+    for k in g1:
+        np.testing.assert_allclose(g1[k], g2[k], rtol=1e-9, atol=1e-12, err_msg=k)
 
 
-def test_estimators_change_gradients_not_results(scenario):
+def test_estimators_change_gradients_not_results(scenario, models):
     """Anchored and straight-through only reshape the backward pass; the wait of a request that
     joined at the first boundary gets a local gradient instead of the busy period's."""
-    base = DifferentiableSim(scenario, estimator=Pathwise())
-    for estimator in (Anchored(), StraightThrough(1e-3)):
-        model = DifferentiableSim(scenario, estimator=estimator)
+    base = models["pathwise"][0]
+    for model in (models["anchored"][0], DifferentiableSim(scenario, estimator=StraightThrough(1e-3), checkpoint=False)):
         a, b = base.times(base.params), model.times(model.params)
         for k in a:
-            np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=f"{estimator} {k}")
-
-    def wait(model):
-        return lambda p: (model.times(p)["admit"] - model.arrival).sum()
-
-    g_path = float(jax.grad(wait(base))(base.params).log[KEY])
-    anchored = DifferentiableSim(scenario, estimator=Anchored())
-    g_anch = float(jax.grad(wait(anchored))(anchored.params).log[KEY])
+            np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=f"{model.cfg.estimator} {k}")
+    g_path = float(models["pathwise"][3][KEY][1])
+    g_anch = float(models["anchored"][3][KEY][1])
     assert abs(g_anch) < 0.2 * abs(g_path)
 
 
