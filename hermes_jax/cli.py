@@ -73,6 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--stack", default=DEFAULT_STACK, help="serving stack of every engine that names none itself "
                      f"(its efficiencies, overheads and KV rule; 'catalog': the catalog's values); default {DEFAULT_STACK}")
     sim.add_argument("--stack-file", metavar="PATH", help="TOML defining your own stack(s)")
+    sim.add_argument("--seed", type=int, default=None, help="random seed of the workload (simulation.seed)")
+    sim.add_argument("--quiet", action="store_true", help="print only the summary (no plan, no progress)")
+    sub.add_parser("catalog", help="list the models, hardware and serving stacks known by name",
+                   description="Names accepted by --model, --hardware, --stack and scenario files.")
+    cmp = sub.add_parser("compare", help="runs or configurations side by side: one table and one plot",
+                         description="Each item: a run directory (hermes-jax simulate --out) or a scenario TOML "
+                                     "(simulated now). With --vary KEY=V1,V2,..., the first scenario once per value.")
+    cmp.add_argument("items", nargs="*", help="run directories or scenario files (default: the bundled scenario)")
+    cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a field of every scenario item (repeatable)")
+    cmp.add_argument("--vary", default=None, metavar="KEY=V1,V2,...", help="one run per value of a scenario field")
+    cmp.add_argument("--stack", default=DEFAULT_STACK, help=f"serving stack (default {DEFAULT_STACK})")
+    cmp.add_argument("--stack-file", metavar="PATH", help="TOML defining your own stack(s)")
+    cmp.add_argument("--out", default=None, metavar="DIR", help="directory for compare.csv and compare.png")
     cal = sub.add_parser("calibrate", help="fit a serving stack's parameters on a device to measurements",
                          description="Fit a stack on one device to static-batch tables (LLM-Inference-Bench or a CSV "
                                      "with model,hardware,tp,batch,input,output,latency_s[,ttft_s,stack]), to a "
@@ -310,10 +324,63 @@ def output_directory(path: str | None, flag: str = "--out") -> None:
         raise ConfigError(f"{flag} {path}: the directory is not writable")
 
 
+def _catalog() -> None:
+    from .hardware.catalog import default_catalog, hardware_names
+    from .models.config import get_model, model_names
+    from .stacks import stack_names
+
+    catalog = default_catalog()
+    print("models:")
+    for name in model_names():
+        m = get_model(name)
+        print(f"  {name:28s} {m.layers:3d} layers, hidden {m.hidden:6d}, context {m.max_context:7d}"
+              f"{', MoE' if m.is_moe else ''}")
+    print("hardware:")
+    for name in hardware_names():
+        d = catalog.get("device", name)
+        print(f"  {name:28s} {d.get('kind', 'gpu'):5s} bf16 {float(d['peak_flops']['bf16']) / 1e12:7.0f} TFLOP/s, "
+              f"{float(d['hbm_bandwidth']) / 1e12:5.2f} TB/s, {float(d['hbm_capacity']) / 1e9:6.1f} GB, "
+              f"${float(d['price_per_hour']):.2f}/h")
+    print("stacks:")
+    for name in stack_names():
+        print(f"  {name}")
+
+
+def _compare(args) -> None:
+    from pathlib import Path
+
+    from .sim.compare import compare_table, summary_of, write_compare
+    from .sim.report import DEFAULT_SCENARIO
+
+    items = args.items or [str(DEFAULT_SCENARIO)]
+    stack = _chosen_stack(args)
+    summaries = {}
+    if args.vary:
+        key, sep, values = args.vary.partition("=")
+        if not sep or not values:
+            raise ConfigError(f"--vary {args.vary!r}: expected KEY=V1,V2,...")
+        for value in values.split(","):
+            label, summary = summary_of(items[0], args.overrides + [f"{key}={value}"], stack)
+            summaries[f"{key.split('.')[-1]}={value}"] = summary
+    else:
+        for item in items:
+            label, summary = summary_of(item, args.overrides, stack)
+            while label in summaries:
+                label += "'"
+            summaries[label] = summary
+    if len(summaries) < 2:
+        raise ConfigError("compare needs two or more runs (items, or --vary with several values)")
+    table = compare_table(summaries)
+    print(table.to_string(float_format=lambda v: f"{v:.4g}"))
+    if args.out:
+        for p in write_compare(table, Path(args.out)):
+            print(f"wrote {p}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("simulate", "calibrate", "design"):
+        if args.command in ("simulate", "calibrate", "design", "compare"):
             output_directory(args.out)
             from .sim.cache import enable_compilation_cache
             enable_compilation_cache()
@@ -337,7 +404,12 @@ def main(argv: list[str] | None = None) -> int:
             _design(args)
         elif args.command == "simulate":
             from .sim.report import run_cli
-            run_cli(args.scenario, args.out, args.overrides, _chosen_stack(args))
+            overrides = args.overrides + ([f"simulation.seed={args.seed}"] if args.seed is not None else [])
+            run_cli(args.scenario, args.out, overrides, _chosen_stack(args), quiet=args.quiet)
+        elif args.command == "catalog":
+            _catalog()
+        elif args.command == "compare":
+            _compare(args)
     except ConfigError as exc:
         print(f"hermes-jax: error: {exc}", file=sys.stderr)
         return 2

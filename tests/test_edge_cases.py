@@ -152,3 +152,38 @@ def test_pipeline_scenarios_run_their_stages_through_the_one_simulate():
         simulate_engines(scenario)
     busy = results.timeseries.busy
     assert busy.max() <= 1.0 and all(e["busy_fraction"] <= 1.0 for e in results.summary["engines"].values())
+
+
+def test_help_and_version_start_without_jax():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom hermes_jax import cli\n"
+            "try:\n    cli.main(['--version'])\nexcept SystemExit:\n    pass\n"
+            "cli.build_parser().format_help()\n"
+            "print('jax' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False" and "hermes-jax 0.1.0" in done.stdout
+
+
+def test_catalog_lists_models_hardware_and_stacks(capsys):
+    assert cli.main(["catalog"]) == 0
+    out = capsys.readouterr().out
+    assert "llama-3.1-8b" in out and "h100-sxm" in out and "vllm" in out
+
+
+def test_quiet_seed_and_compare_two_runs(tmp_path, capsys):
+    short = ["--set", "simulation.horizon_s=3"]
+    for seed in (1, 2):
+        assert cli.main(["simulate", "--quiet", "--seed", str(seed), *short, "--out", str(tmp_path / f"s{seed}")]) == 0
+    out = capsys.readouterr().out
+    assert "plan:" not in out and "simulating" not in out
+    assert sum(line.startswith("requests ") for line in out.splitlines()) == 2
+    one, two = (json.loads((tmp_path / f"s{k}" / "summary.json").read_text()) for k in (1, 2))
+    assert one["latency"]["e2e_s"]["p50"] != two["latency"]["e2e_s"]["p50"]    # the seed reached the workload
+    assert cli.main(["compare", str(tmp_path / "s1"), str(tmp_path / "s2"), "--out", str(tmp_path / "cmp")]) == 0
+    table = capsys.readouterr().out
+    assert "TTFT p99 (ms)" in table and "s1" in table and "s2" in table
+    assert (tmp_path / "cmp" / "compare.png").exists()
+    assert cli.main(["compare", str(tmp_path / "s1")]) == 2     # one run is nothing to compare

@@ -121,8 +121,10 @@ def write_outputs(results: Results, out: Path) -> list[Path]:
         for client, part in done.groupby("client"):
             values = np.sort(part[col].dropna().to_numpy())
             ax.plot(values, np.arange(1, len(values) + 1) / max(len(values), 1), label=client)
-        ax.set_xlabel(col.replace("_s", " (s)").upper())
-        ax.set_ylabel("fraction of requests")
+        ax.set_xlabel({"ttft_s": "time to first token (s)", "tpot_s": "time per output token (s)",
+                       "e2e_s": "end-to-end latency (s)"}[col])
+        ax.set_ylabel("share of finished requests")
+        ax.set_title({"ttft_s": "TTFT", "tpot_s": "TPOT", "e2e_s": "E2E"}[col] + " distribution")
         ax.grid(alpha=0.3)
     if len(done):
         axes[0].legend()
@@ -136,9 +138,10 @@ def write_outputs(results: Results, out: Path) -> list[Path]:
     for (engine, replica), part in ts.groupby(["engine", "replica"]):
         axes[0].plot(part.time_s, part.batch, lw=0.8, label=f"{engine}/{replica}")
         axes[1].plot(part.time_s, part.kv_used, lw=0.8)
-    axes[0].set_ylabel("batch size")
-    axes[1].set_ylabel("KV cache used")
+    axes[0].set_ylabel("batch (sequences)")
+    axes[1].set_ylabel("KV cache used (share)")
     axes[1].set_xlabel("time (s)")
+    axes[0].set_title("Batch size and KV cache use per replica")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(paths[4], dpi=110)
@@ -151,12 +154,19 @@ def write_outputs(results: Results, out: Path) -> list[Path]:
         clients = list(dict.fromkeys(table.client))
         fig, ax = plt.subplots(figsize=(8, 1.2 + 0.6 * len(clients)))
         left = np.zeros(len(clients))
-        for stage in dict.fromkeys(table.stage):
-            for part, hatch in (("wait_s", "//"), ("service_s", "")):
+        stages = list(dict.fromkeys(table.stage))
+        palette = plt.get_cmap("tab20")   # dark shades first, then the light ones: neighbours differ
+        colours = [palette(i) for i in list(range(0, 20, 2)) + list(range(1, 20, 2))]
+        for k, stage in enumerate(stages):
+            plain = stage.split(":", 1)[-1].replace("_", " ")     # "3:generate" -> "generate"
+            for part, hatch, alpha in (("wait_s", "//", 0.45), ("service_s", "", 0.9)):
                 widths = np.array([table[(table.client == c) & (table.stage == stage)][part].sum() for c in clients])
-                ax.barh(clients, widths, left=left, hatch=hatch, label=f"{stage} {part[:-2]}", alpha=0.8)
+                label = f"{plain} (waiting)" if part == "wait_s" else plain
+                ax.barh(clients, widths, left=left, hatch=hatch, color=colours[k % len(colours)], alpha=alpha,
+                        edgecolor="white", label=label if widths.any() else None)
                 left += widths
-        ax.set_xlabel("mean time per finished request (s); hatched: waiting")
+        ax.set_xlabel("mean time per finished request (s); hatched, lighter: waiting for the stage")
+        ax.set_title("Where a request's time goes, per client and stage")
         ax.legend(fontsize=7, ncol=1 + len(table) // 16, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         fig.savefig(paths[6], dpi=110, bbox_inches="tight")
@@ -164,15 +174,18 @@ def write_outputs(results: Results, out: Path) -> list[Path]:
     return paths
 
 
-def run_cli(scenario_path: str | None, out: str | None, overrides: list[str], stack: str | None = None) -> None:
+def run_cli(scenario_path: str | None, out: str | None, overrides: list[str], stack: str | None = None,
+            quiet: bool = False) -> None:
     path = scenario_path or DEFAULT_SCENARIO
     scenario = load_scenario(path, overrides, stack)
     start = time.perf_counter()
     sim = scenario.simulation
-    print(f"simulating {path}: horizon {sim.horizon_s:g} s, dt {sim.dt_s:g} s ({sim.dt_reason}), {sim.steps} steps ...",
-          flush=True)
-    results = simulate(scenario, progress=True)
-    print(f"done in {time.perf_counter() - start:.2f} s (including compilation)")
+    if not quiet:
+        print(f"simulating {path}: horizon {sim.horizon_s:g} s, dt {sim.dt_s:g} s ({sim.dt_reason}), "
+              f"{sim.steps:,} steps ...", flush=True)
+    results = simulate(scenario, progress=not quiet)
+    if not quiet:
+        print(f"done in {time.perf_counter() - start:.2f} s (including compilation)")
     print_summary(results)
     if out:
         for p in write_outputs(results, Path(out)):
