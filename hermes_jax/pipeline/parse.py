@@ -27,7 +27,7 @@ ZERO_OK = {"hit_rate", "visit_s", "tool_wait_s", "tool_tokens", "escalate"}
 
 
 def parse_stage(data, k: int, where, index: int, client: str, base) -> Stage:
-    from ..sim.scenario import Distribution, _check_keys, _choice, _positive
+    from ..schema import Distribution, check_keys as _check_keys, choice as _choice, positive as _positive
 
     def error(name, message):
         return where.error("client", index, client, f"{key}.{name}" if name else key, message)

@@ -36,7 +36,7 @@ class Resource:
 
     @staticmethod
     def parse(data: dict, index: int, where) -> "Resource":
-        from ..sim.scenario import _check_keys, _choice, _positive
+        from ..schema import check_keys as _check_keys, choice as _choice, positive as _positive
         name = data.get("name", "")
         if not isinstance(name, str) or not name:
             raise where.error("resource", index, "", "name", "required (a non-empty string)")
