@@ -4,7 +4,7 @@ Names load on first use (``DEFAULT_STACK`` needs no JAX: the CLI's help shows it
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_attributes
 
 DEFAULT_STACK = "vllm"
 
@@ -15,9 +15,4 @@ _PUBLIC = {"get_stack": ".catalog", "load_stack_file": ".catalog", "shipped_stac
 __all__ = ["DEFAULT_STACK", *_PUBLIC]
 
 
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'hermes_jax.stacks' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _PUBLIC)
