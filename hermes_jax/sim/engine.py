@@ -19,7 +19,6 @@ of the trace.
 from __future__ import annotations
 
 import math
-import sys
 from functools import partial
 
 import jax
@@ -269,32 +268,19 @@ def run_segments(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capacit
     return state, trace
 
 
-def _report(label: str, steps: int, s):
-    done = (int(s) + 1) / steps
-    bar = "#" * int(done * 30)
-    sys.stderr.write(f"\r{label} [{bar:<30s}] {done:6.1%}")
-    if int(s) + 1 >= steps:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
-
-
-@partial(jax.jit, static_argnums=(0, 4, 5))
-def run(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capacity, checkpoint: bool = False,
-        progress: str = "") -> tuple[SimState, StepTrace]:
-    """Scan ``step`` over every step of the horizon (S = len(step_first) - 1).
+@partial(jax.jit, static_argnums=(0, 4))
+def run(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capacity, checkpoint: bool = False
+        ) -> tuple[SimState, StepTrace]:
+    """Scan ``step`` over every step of the horizon (S = len(step_first) - 1), as one program (the
+    differentiable simulator and sweeps; ``run_segments`` is the forward run with progress).
 
     ``checkpoint=True`` splits the scan into about sqrt(S) segments of sqrt(S) steps and
     rematerializes each segment in the backward pass, so reverse-mode memory grows like sqrt(S)
-    states instead of S (the forward result is the same). A non-empty ``progress`` label draws a
-    progress bar on stderr (50 updates over the run, from a host callback)."""
+    states instead of S (the forward result is the same)."""
     steps = req.step_first.shape[0] - 1
     state = init(cfg, req)
-    every = max(steps // 50, 1)
 
     def advance(st, s):
-        if progress:
-            jax.lax.cond((s % every == 0) | (s == steps - 1),
-                         lambda: jax.debug.callback(partial(_report, progress, steps), s), lambda: None)
         return step(cfg, hw, req, kv_capacity, st, s)
 
     if not checkpoint:
