@@ -32,7 +32,7 @@ def run_suite(rev: str, work: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=clone,
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(clone)))
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(clone), HERMES_JAX_CACHE="off"))
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     tail = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:]

@@ -1,8 +1,14 @@
 """Shared fixtures. Compiled functions are cached per EngineSpec inside JAX, so tests reuse them by
 building engines through these fixtures instead of new configurations each time."""
 
+import os
+
 import jax
 import pytest
+
+# The CLI turns JAX's persistent compilation cache on; in tests it would write into the user's home
+# and let one run's programs speed up the next: keep it off unless the caller asks for it.
+os.environ.setdefault("HERMES_JAX_CACHE", "off")
 
 jax.config.update("jax_enable_x64", True)  # gradient and precision tests need float64
 
