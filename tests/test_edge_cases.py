@@ -187,3 +187,28 @@ def test_quiet_seed_and_compare_two_runs(tmp_path, capsys):
     assert "TTFT p99 (ms)" in table and "s1" in table and "s2" in table
     assert (tmp_path / "cmp" / "compare.png").exists()
     assert cli.main(["compare", str(tmp_path / "s1")]) == 2     # one run is nothing to compare
+
+
+def test_a_second_process_reuses_the_compiled_programs(tmp_path):
+    """The CLI's persistent compilation cache: the first run of a scenario writes its programs; a
+    second process finds them all, and one of another seed (the same shape class) reuses the scan."""
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    env = dict(os.environ, HERMES_JAX_CACHE=str(cache))
+
+    def run(seed):
+        done = subprocess.run([sys.executable, "-m", "hermes_jax.cli", "simulate", "--quiet", "--seed", str(seed),
+                               "--set", "simulation.horizon_s=2"], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return {p.name for p in cache.rglob("*") if p.is_file()}
+
+    def scans(files):
+        return {name for name in files if name.startswith("jit__segment")}
+
+    first = run(1)
+    assert len(scans(first)) == 1
+    assert run(1) == first                  # the same run again: every program found, none written
+    assert scans(run(2)) == scans(first)    # another seed, same shape class: the scan is not compiled again
