@@ -349,28 +349,9 @@ def _catalog() -> None:
 def _compare(args) -> None:
     from pathlib import Path
 
-    from .sim.compare import compare_table, summary_of, write_compare
-    from .sim.report import DEFAULT_SCENARIO
+    from .sim.compare import collect_summaries, compare_table, write_compare
 
-    items = args.items or [str(DEFAULT_SCENARIO)]
-    stack = _chosen_stack(args)
-    summaries = {}
-    if args.vary:
-        key, sep, values = args.vary.partition("=")
-        if not sep or not values:
-            raise ConfigError(f"--vary {args.vary!r}: expected KEY=V1,V2,...")
-        for value in values.split(","):
-            label, summary = summary_of(items[0], args.overrides + [f"{key}={value}"], stack)
-            summaries[f"{key.split('.')[-1]}={value}"] = summary
-    else:
-        for item in items:
-            label, summary = summary_of(item, args.overrides, stack)
-            while label in summaries:
-                label += "'"
-            summaries[label] = summary
-    if len(summaries) < 2:
-        raise ConfigError("compare needs two or more runs (items, or --vary with several values)")
-    table = compare_table(summaries)
+    table = compare_table(collect_summaries(args.items, args.overrides, args.vary, _chosen_stack(args)))
     print(table.to_string(float_format=lambda v: f"{v:.4g}"))
     if args.out:
         for p in write_compare(table, Path(args.out)):

@@ -1,6 +1,7 @@
 """Every run's edge cases: bad input is refused before any work with the file, line and field; a run
 that produces nothing still gives a valid result; no answer is silently wrong (issue 15)."""
 
+import dataclasses
 import json
 import math
 
@@ -110,13 +111,26 @@ def test_a_given_dt_is_a_binary_fraction_so_float32_clocks_do_not_drift():
 
 
 def test_automatic_dt_follows_the_load_not_a_constant():
-    light = load_scenario(DEFAULT_SCENARIO).simulation
-    heavy = load_scenario(DEFAULT_SCENARIO, ["client.chat.arrival.rate_per_s=400"]).simulation
-    long = load_scenario(DEFAULT_SCENARIO, ["simulation.horizon_s=86400"]).simulation
+    light = load_scenario(DEFAULT_SCENARIO)
+    heavy = load_scenario(DEFAULT_SCENARIO, ["client.chat.arrival.rate_per_s=400"])
+    long = load_scenario(DEFAULT_SCENARIO, ["simulation.horizon_s=86400"])
+    assert light.simulation.dt_s is None        # what was asked for stays as asked
     assert light.dt_reason.startswith("automatic") and math.log2(light.dt_s).is_integer()
     assert heavy.dt_s < light.dt_s and heavy.dt_s <= 8 / 400
     assert long.steps <= 50_000 and long.dt_s <= 8
-    assert load_scenario(DEFAULT_SCENARIO, ["simulation.dt_s=0.25"]).simulation.dt_s == 0.25
+    given = load_scenario(DEFAULT_SCENARIO, ["simulation.dt_s=0.25"])
+    assert given.dt_s == 0.25 and given.dt_reason == "given"
+
+
+def test_the_step_is_derived_again_for_a_copy_with_other_settings():
+    """A step is never stale: a copy with another dt, rate or client derives its own."""
+    automatic = load_scenario(DEFAULT_SCENARIO)
+    asked = dataclasses.replace(automatic, simulation=dataclasses.replace(automatic.simulation, dt_s=0.005))
+    assert asked.dt_s == binary_step(0.005) and asked.dt_reason.startswith("given 0.005 s")
+    busier = dataclasses.replace(automatic.clients[0], arrival={"process": "poisson", "rate_per_s": 400.0})
+    assert dataclasses.replace(automatic, clients=(busier,)).dt_s < automatic.dt_s
+    back = dataclasses.replace(asked, simulation=dataclasses.replace(asked.simulation, dt_s=None))
+    assert back.dt_s == automatic.dt_s
 
 
 def test_budget_refuses_with_the_setting_to_change():

@@ -31,7 +31,7 @@ def device_cost_usd(devices, price_per_hour, horizon_s, replicas=1):
 def engine_usage(scenario, ts: pd.DataFrame) -> dict:
     """Per engine: devices, busy fraction, energy (J) and cost ($) over the horizon."""
     horizon = scenario.simulation.horizon_s
-    dt = scenario.simulation.dt_s
+    dt = scenario.dt_s
     out = {}
     for engine in scenario.engines:
         part = ts[ts.engine == engine.name] if len(ts) else ts

@@ -50,8 +50,7 @@ def _size(b: float) -> str:
 
 def plan_run(scenario, requests_per_engine: dict[str, int]) -> RunPlan:
     """``requests_per_engine``: engine name -> requests it receives."""
-    sim = scenario.simulation
-    steps = sim.steps
+    steps = scenario.steps
     device = host = replica_steps = 0
     for engine in scenario.engines:
         n = requests_per_engine.get(engine.name, 0)
@@ -69,7 +68,7 @@ def check_budget(plan: RunPlan, scenario) -> None:
     """Refuse a run above the scenario's step or memory budget, saying which setting to change."""
     sim = scenario.simulation
     if plan.steps > sim.max_steps:
-        raise ConfigError(f"{scenario.source}: [simulation] {plan.steps:,} steps of dt_s = {sim.dt_s:g} s over "
+        raise ConfigError(f"{scenario.source}: [simulation] {plan.steps:,} steps of dt_s = {scenario.dt_s:g} s over "
                           f"horizon_s = {sim.horizon_s:g} s exceed max_steps = {sim.max_steps:,}; use a larger dt_s "
                           "(or leave it out: automatic), a shorter horizon_s, or raise max_steps")
     budget = sim.memory_budget_gb * 1e9

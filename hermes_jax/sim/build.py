@@ -189,11 +189,11 @@ def admission_window(entry: Engine) -> int:
 
 def group_config(group: EngineGroup, scenario: Scenario, arrivals_per_step: int, queue: int, users: int = 0) -> GroupConfig:
     e, sim = group.engine, scenario.simulation
-    iterations, width = iterations_per_step(group, sim.dt_s, arrivals_per_step + users, sim.iterations_per_step)
+    iterations, width = iterations_per_step(group, scenario.dt_s, arrivals_per_step + users, sim.iterations_per_step)
     return GroupConfig(spec=group.spec, replicas=e.replicas, slots=e.max_batch_size, queue=queue,
                        admit=admission_window(e),
                        block_size=e.block_size, max_batch_tokens=e.max_batch_tokens, scheduler=SCHEDULERS[e.scheduler],
-                       router=e.router, dt=sim.dt_s, iterations=iterations, fast_forward=width, arrivals=arrivals_per_step,
+                       router=e.router, dt=scenario.dt_s, iterations=iterations, fast_forward=width, arrivals=arrivals_per_step,
                        priority=e.queue_order == "priority", users=users,
                        # state-dependent routers see the replicas at each exact arrival (not with closed loop)
                        route_each_arrival=e.replicas > 1 and e.router != "round_robin" and users == 0,

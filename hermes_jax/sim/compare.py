@@ -48,6 +48,30 @@ def summary_of(item: str, overrides: list[str], stack: str | None) -> tuple[str,
     raise ConfigError(f"{item}: neither a run directory nor a scenario .toml file")
 
 
+def collect_summaries(items: list[str], overrides: list[str], vary: str | None, stack: str | None) -> dict[str, dict]:
+    """Label -> summary of each item (default: the bundled scenario), or of the first item once per
+    value of ``vary`` (``KEY=V1,V2,...``); at least two."""
+    from .report import DEFAULT_SCENARIO
+
+    items = list(items) or [str(DEFAULT_SCENARIO)]
+    summaries: dict[str, dict] = {}
+    if vary:
+        key, sep, values = vary.partition("=")
+        if not sep or not values:
+            raise ConfigError(f"--vary {vary!r}: expected KEY=V1,V2,...")
+        for value in values.split(","):
+            summaries[f"{key.split('.')[-1]}={value}"] = summary_of(items[0], overrides + [f"{key}={value}"], stack)[1]
+    else:
+        for item in items:
+            label, summary = summary_of(item, overrides, stack)
+            while label in summaries:
+                label += "'"
+            summaries[label] = summary
+    if len(summaries) < 2:
+        raise ConfigError("compare needs two or more runs (items, or --vary with several values)")
+    return summaries
+
+
 def compare_table(summaries: dict[str, dict]) -> pd.DataFrame:
     """One row per metric, one column per run (values in the unit of the row label)."""
     data = {}

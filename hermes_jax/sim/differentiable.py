@@ -196,7 +196,7 @@ class DifferentiableSim:
         self.requests = pad_requests(req, size)
         self.rows, self.reasons = rows, reasons
         self.params: HardwareParams = self.group.params
-        self.dt = scenario.simulation.dt_s
+        self.dt = scenario.dt_s
         self.horizon_s = scenario.simulation.horizon_s
         self.devices = entry.tp * entry.pp       # per replica
         self._static = _Static(cfg, kv_rule(self.group.spec, self.group.params, entry), self.dt, self.horizon_s,

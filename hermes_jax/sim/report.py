@@ -181,8 +181,8 @@ def run_cli(scenario_path: str | None, out: str | None, overrides: list[str], st
     start = time.perf_counter()
     sim = scenario.simulation
     if not quiet:
-        print(f"simulating {path}: horizon {sim.horizon_s:g} s, dt {sim.dt_s:g} s ({sim.dt_reason}), "
-              f"{sim.steps:,} steps ...", flush=True)
+        print(f"simulating {path}: horizon {sim.horizon_s:g} s, dt {scenario.dt_s:g} s ({scenario.dt_reason}), "
+              f"{scenario.steps:,} steps ...", flush=True)
     results = simulate(scenario, progress=not quiet)
     if not quiet:
         print(f"done in {time.perf_counter() - start:.2f} s (including compilation)")

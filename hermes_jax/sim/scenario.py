@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +39,18 @@ def binary_step(dt: float) -> float:
 
 @dataclass(frozen=True)
 class Simulation:
-    """Time stepping. ``dt_s`` (s) is the routing cadence: iterations keep continuous times, so with one
-    replica, round-robin routing or a state-dependent router over open-loop clients the result does
-    not depend on it; it sets speed and the time series' resolution. None: chosen for the scenario
-    (``auto_time_step``). A given value is rounded down to a binary fraction (``binary_step``);
-    ``dt_requested_s`` keeps what was asked for."""
+    """Time stepping as asked for. ``dt_s`` (s) is the routing cadence: iterations keep continuous
+    times, so with one replica, round-robin routing or a state-dependent router over open-loop
+    clients the result does not depend on it; it sets speed and the time series' resolution. None:
+    chosen for the scenario (``auto_time_step``). The step a run uses is ``Scenario.dt_s``: the
+    automatic one, or this value rounded down to a binary fraction (``binary_step``)."""
 
-    dt_s: float | None = None    # s, scheduler step; None = automatic
+    dt_s: float | None = None    # s, scheduler step asked for; None = automatic
     horizon_s: float = 3600.0    # s, stop; requests still in the system are reported unfinished
     seed: int = 0
     iterations_per_step: int = 0  # cap on engine iterations inside one step; 0 = derive from dt
     max_steps: int = 5_000_000   # refuse runs of more steps (hermes_jax.sim.budget)
     memory_budget_gb: float = 8.0  # GB, refuse runs whose state, trace and tables would need more
-    dt_requested_s: float | None = None   # s, the dt_s given (None: automatic)
-    dt_reason: str = ""          # how dt_s was chosen
 
     def __post_init__(self):
         if not (isinstance(self.horizon_s, (int, float)) and math.isfinite(self.horizon_s) and self.horizon_s > 0):
@@ -65,15 +63,6 @@ class Simulation:
             raise ConfigError(f"[simulation] dt_s: {self.dt_s:g} s is longer than horizon_s ({self.horizon_s:g} s): "
                               "requests after the horizon would be simulated; use a smaller dt_s or leave it out "
                               "(automatic)")
-        if not self.dt_reason:   # a dt given by the user (an automatic one comes with its reason)
-            object.__setattr__(self, "dt_requested_s", float(self.dt_s))
-            object.__setattr__(self, "dt_s", binary_step(float(self.dt_s)))
-            object.__setattr__(self, "dt_reason", "given" if self.dt_s == self.dt_requested_s else
-                               f"given {self.dt_requested_s:g} s, rounded down to a binary fraction")
-
-    @property
-    def steps(self) -> int:
-        return int(math.ceil(self.horizon_s / self.dt_s))
 
     @staticmethod
     def parse(data: dict, where: _Where) -> "Simulation":
@@ -123,8 +112,8 @@ def client_rate(client: "Client", horizon_s: float) -> float:
 def auto_time_step(sim: "Simulation", engines, clients) -> tuple[float, str]:
     """The step for a scenario: about ARRIVALS_PER_STEP arrivals per step (work per step then grows
     with events, not with horizon / dt), within [horizon / MAX_AUTO_STEPS, min(horizon /
-    MIN_TIMESERIES_POINTS, MAX_AUTO_DT_S)], a power of two. Closed-loop clients behind a
-    closed-loop users send their next request in a later step than the reply, so they keep a short step."""
+    MIN_TIMESERIES_POINTS, MAX_AUTO_DT_S)], a power of two. Closed-loop users send their next
+    request in a later step than the reply, so they keep a short step."""
     rate = sum(client_rate(c, sim.horizon_s) for c in clients)
     horizon = sim.horizon_s
     high = min(horizon / MIN_TIMESERIES_POINTS, MAX_AUTO_DT_S)
@@ -378,11 +367,29 @@ class Scenario:
         if self.resources or any(c.pipeline for c in self.clients):
             from ..pipeline.spec import check_pipelines
             check_pipelines(self)
-        automatic = self.simulation.dt_reason.startswith("automatic")   # a copy with other clients chooses anew
-        if self.simulation.dt_s is None or automatic:   # choose the step now, so every consumer sees one number
-            dt, reason = auto_time_step(self.simulation, self.engines, self.clients)
-            object.__setattr__(self, "simulation", replace(self.simulation, dt_s=dt, dt_requested_s=None,
-                                                           dt_reason=reason))
+        # The step the run uses, derived here (a copy with other clients or settings derives it anew)
+        asked = self.simulation.dt_s
+        if asked is None:
+            step = auto_time_step(self.simulation, self.engines, self.clients)
+        else:
+            dt = binary_step(float(asked))
+            step = dt, "given" if dt == asked else f"given {asked:g} s, rounded down to a binary fraction"
+        object.__setattr__(self, "_step", step)
+
+    @property
+    def dt_s(self) -> float:
+        """s, the step the run uses (``Simulation.dt_s`` asked for it, or None: automatic)."""
+        return self._step[0]
+
+    @property
+    def dt_reason(self) -> str:
+        """How ``dt_s`` was chosen."""
+        return self._step[1]
+
+    @property
+    def steps(self) -> int:
+        """Steps over the horizon."""
+        return int(math.ceil(self.simulation.horizon_s / self.dt_s))
 
     def engine(self, name: str) -> Engine:
         return next(e for e in self.engines if e.name == name)

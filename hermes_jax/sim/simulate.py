@@ -24,6 +24,7 @@ from .metrics import summarize
 from .progress import ProgressBar
 from .scenario import Scenario
 from .shapes import bucket, pad_requests, pad_steps, request_bucket
+from .state import StepTrace
 from .workload import Workload, build_workload
 
 
@@ -94,7 +95,7 @@ def prepare(group: EngineGroup, scenario: Scenario, workload: Workload, rows: np
         closed = dict(next_request=np.where(nxt >= 0, local[np.maximum(nxt, 0)], -1), think_s=workload.think_s[rows],
                       user=user_local)
     req, steps = device_requests(workload.arrival_s[rows], workload.input_tokens[rows], workload.output_tokens[rows],
-                                 reasons == 0, sim.dt_s, sim.horizon_s, priority, **closed,
+                                 reasons == 0, scenario.dt_s, sim.horizon_s, priority, **closed,
                                  cached=None if workload.cached_tokens is None else workload.cached_tokens[rows])
     per_step = np.diff(np.asarray(req.step_first))
     arrivals, queue = max(int(per_step.max(initial=0)), 1), max(len(rows), 1)
@@ -148,7 +149,7 @@ def simulate_engines(scenario: Scenario, workload: Workload | None = None, progr
     df = request_frame(workload, scenario)
     series, extra = [], {"deferred_steps": {}, "iterations_per_step": {}, "kv_blocks": {}}
     capability = {}
-    dt = scenario.simulation.dt_s
+    dt = scenario.dt_s
     for entry in scenario.engines:
         rows = _group_rows(scenario, workload, entry.name)
         group = build_group(entry)
@@ -235,9 +236,7 @@ def timeseries_frame(name: str, trace, dt: float, group: EngineGroup) -> pd.Data
 
 def idle_timeseries(name: str, scenario: Scenario, group: EngineGroup) -> pd.DataFrame:
     """The time series of an engine no request reaches: every step idle."""
-    dt = scenario.simulation.dt_s
-    steps, replicas = int(np.ceil(scenario.simulation.horizon_s / dt)), group.engine.replicas
-    zeros = np.zeros((steps, replicas))
-    trace = engine_sim.StepTrace(batch=zeros.astype(np.int32), kv_blocks=zeros.astype(np.int32), busy_s=zeros,
-                                 queued=zeros.astype(np.int32), flop=zeros, bytes=zeros)
-    return timeseries_frame(name, trace, dt, group)
+    zeros = np.zeros((scenario.steps, group.engine.replicas))
+    trace = StepTrace(batch=zeros.astype(np.int32), kv_blocks=zeros.astype(np.int32), busy_s=zeros,
+                      queued=zeros.astype(np.int32), flop=zeros, bytes=zeros)
+    return timeseries_frame(name, trace, scenario.dt_s, group)

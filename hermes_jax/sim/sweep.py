@@ -49,7 +49,7 @@ def sweep(scenario: Scenario, params: HardwareParams, batch_size: int = 1, workl
     kv = group.kv_array()
     arrival = jnp.asarray(workload.arrival_s[rows], jnp.float32)
     tokens = jnp.asarray(workload.output_tokens[rows], jnp.float32)
-    args = (req, kv, arrival, tokens, scenario.simulation.dt_s, scenario.simulation.horizon_s, entry.replicas, batch_size)
+    args = (req, kv, arrival, tokens, scenario.dt_s, scenario.simulation.horizon_s, entry.replicas, batch_size)
     count = jax.tree_util.tree_leaves(params)[0].shape[0]
     if devices is not None:
         devices = jax.local_devices() if devices == "all" else list(devices)
