@@ -45,13 +45,17 @@ def numpy_static_batch(engine, nat, batch, prompt, output):
 
     def iteration(new, context):
         c = operator_costs(engine.model, engine.parallel, engine.weight_dtype, engine.kv_dtype, engine.act_dtype,
-                           np.array([new]), np.array([context]), np.array([1.0]), np.array([batch]), xp=np)
+                           np.array([new]), np.array([context]), np.array([1.0]), np.array([batch]), xp=np,
+                           kv_reads=engine.system.kv_reads)
         total = 0.0
         for op in ops:
             flop, nbytes = (float(x) for x in c[op.name])
             if op.kind == ATTENTION:
                 flop += (1.0 - nat["attention_causal_efficiency"]) * float(c["_attention_masked_flop"][0])
                 flop += nat["attention_row_keys"] * float(c["_attention_row_flop"][0])
+                reread, paged = (float(x) for x in c["_attention_paged_kv_bytes"])
+                eta = nat["paged_attention_memory_efficiency"]
+                nbytes += paged * (1.0 / eta - 1.0) + nat["paged_kv_reread"] * reread / eta
             if op.kind == COLLECTIVE:
                 t = numpy_collective(op.collective, nbytes, op.group_size, nat)
             else:

@@ -1,13 +1,19 @@
-"""Exploration: where the vLLM static-batch fit misses, row by row.
+"""Exploration: where the vLLM static-batch fit misses, row by row, and what the decode-attention
+rule of the stack changes.
 
-    python calibration/explore_vllm_static.py [DEVICE ...]     # about 1 min per device on 2 cores
+    python calibration/explore_vllm_static.py [DEVICE ...]               # about 1 min per device on 2 cores
+    python calibration/explore_vllm_static.py --rules [DEVICE ...]       # the fit with and without the rule
 
 Runs the same fit as ``fit_stacks.py`` (``hermes_jax.calibrate.static_fit.calibrate_static``: vLLM on
 H100 and A100-40GB by default, Qwen2-7B and Llama-3-70B held out) and prints predicted / measured
-end-to-end latency per model, TP, length and batch, with the fitted values and their intervals. It
-writes nothing; the shipped profiles come from ``fit_stacks.py``.
+end-to-end latency per model, TP, length and batch, with the fitted values and their intervals.
+``--rules`` fits each device twice, with vLLM's decode-attention rule (``kernels.kv_reads``:
+PagedAttention for sliding-window models on CUDA, for every model on ROCm) and with every model on
+a grouped-KV kernel, and prints the error per split and model of both. It writes nothing; the
+shipped profiles come from ``fit_stacks.py``.
 """
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -15,19 +21,46 @@ import numpy as np
 import pandas as pd
 
 from hermes_jax.calibrate import calibrate_static, read_static_batch
+from hermes_jax.stacks import get_stack, register_stack
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "llm_inference_bench"
 HELD_OUT = ["qwen2-7b", "llama-3-70b"]
 
 
+def fit(table, device):
+    rows = table.rows[(table.rows["stack"] == "vllm") & (table.rows.hardware == device)]
+    held = [m for m in HELD_OUT if m in set(rows.model)]
+    return rows, calibrate_static(rows, device, "vllm", held_out={"model": held})
+
+
+def compare_rules(table, devices):
+    shipped = get_stack("vllm")
+    out = []
+    for label, rules in (("stack rule", shipped.decode_attention), ("grouped everywhere", {})):
+        register_stack(dataclasses.replace(shipped, decode_attention=rules))
+        try:
+            for device in devices:
+                _, result = fit(table, device)
+                out.append(result.errors(["model"]).assign(device=device, rule=label))
+        finally:
+            register_stack(shipped)
+    table = pd.concat(out).pivot_table(index=["device", "split", "model"], columns="rule", values="mape_after_pct")
+    print("MAPE (%) of end-to-end latency after the fit, per model:")
+    print(table.round(1).to_string())
+
+
 def main():
+    args = sys.argv[1:]
+    rules = "--rules" in args
+    devices = [a for a in args if a != "--rules"] or ["h100-sxm", "a100-40gb"]
     table = read_static_batch(DATA / "All_results.csv")
     print(table.summary())
     pd.set_option("display.width", 200)
-    for device in sys.argv[1:] or ["h100-sxm", "a100-40gb"]:
-        rows = table.rows[(table.rows["stack"] == "vllm") & (table.rows.hardware == device)]
-        held = [m for m in HELD_OUT if m in set(rows.model)]
-        result = calibrate_static(rows, device, "vllm", held_out={"model": held})
+    if rules:
+        compare_rules(table, devices)
+        return
+    for device in devices:
+        rows, result = fit(table, device)
         print(f"\n{device}: {len(rows)} vLLM rows, {len(result.impossible)} impossible; fit {result.seconds:.0f} s")
         print(result.errors().round(1).to_string(index=False))
         for n in result.fit.names:

@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                      f"default {DEFAULT_STACK})")
     cal.add_argument("--start", default=None, help="stack whose values the fit starts from (default sarathi-2024)")
     cal.add_argument("--params", default=None, help="comma list of parameters to fit (default: the stack set, "
-                     "see hermes_jax.calibrate.static_fit.DEFAULT_NAMES)")
+                     "see hermes_jax.calibrate.static_fit.DEFAULT_NAMES; with KERNEL_NAMES where the start has no "
+                     "kernel-level fit of the device)")
     cal.add_argument("--bound", action="append", default=[], metavar="NAME=LO:HI", help="bounds (natural units)")
     cal.add_argument("--prior", action="append", default=[], metavar="NAME=VALUE:SD",
                      help="log-normal prior: value (natural units) and sd in e-folds")
@@ -218,7 +219,7 @@ def _calibrate(args) -> None:
 
     from .calibrate.fit import LOSSES, Bound, Prior
     from .calibrate.readers import read_static_batch
-    from .calibrate.static_fit import DEFAULT_NAMES, DEFAULT_START, calibrate_static
+    from .calibrate.static_fit import DEFAULT_START, calibrate_static
 
     def interval(text):
         lo, hi = text.split(":")
@@ -254,7 +255,7 @@ def _calibrate(args) -> None:
         print(f"{path}: {t.summary()}")
     rows = pd.concat([t.rows for t in tables], ignore_index=True)
     rows = rows[(rows["stack"] == args.stack) | (rows["stack"] == "")]
-    names = [n.strip() for n in args.params.split(",")] if args.params else list(DEFAULT_NAMES)
+    names = [n.strip() for n in args.params.split(",")] if args.params else None
     result = calibrate_static(rows, args.device, args.stack, names=names, start=args.start or DEFAULT_START,
                               bounds=bounds, priors=priors, loss=LOSSES[args.loss](), held_out=held_out,
                               test_fraction=args.test_fraction, seed=args.seed,

@@ -46,7 +46,7 @@ def iteration_cost(engine: EngineSpec, hw: HardwareParams, new, context, logits,
     sequences per slot) have shape (..., B) in tokens."""
     ops = op_specs(engine.model, engine.parallel)
     costs = operator_costs(engine.model, engine.parallel, engine.weight_dtype, engine.kv_dtype,
-                           engine.act_dtype, new, context, logits, copies)
+                           engine.act_dtype, new, context, logits, copies, kv_reads=engine.system.kv_reads)
     dtype = hw.log["hbm_bandwidth"].dtype
     active = costs["_active_sequences"][0].astype(dtype)
     peak_gemm = hw.peak(engine.compute_dtype)
@@ -56,6 +56,11 @@ def iteration_cost(engine: EngineSpec, hw: HardwareParams, new, context, logits,
         if op.kind == ATTENTION:
             flop = (flop + (1.0 - hw.attention_causal_efficiency) * costs["_attention_masked_flop"][0]
                     + hw.attention_row_keys * costs["_attention_row_flop"][0])
+            # The paged kernel's reads at its own streaming efficiency, as equivalent bytes at the
+            # attention kernels' efficiency (one roofline per operator).
+            reread, paged = costs["_attention_paged_kv_bytes"]
+            moved = moved + paged * (1.0 / hw.paged_attention_memory_efficiency - 1.0) \
+                + hw.paged_kv_reread * reread / hw.paged_attention_memory_efficiency
         flops.append(jnp.broadcast_to(flop, active.shape).astype(dtype))
         nbytes.append(jnp.broadcast_to(moved, active.shape).astype(dtype))
     flop, moved = jnp.stack(flops, axis=-1), jnp.stack(nbytes, axis=-1)            # (..., n)

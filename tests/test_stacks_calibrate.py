@@ -70,6 +70,12 @@ def test_inference_bench_reader_keeps_every_row_accounted():
     assert set(table.skipped.reason) <= {"model not in the catalog", "device not in the catalog", "no latency measured"}
     first = table.rows.iloc[0]
     assert raw.iloc[first.line - 2].Latency == pytest.approx(first.latency_s)
+    # An MI250 package is two GCDs, each a device to ROCm: N packages run tensor parallel over 2N.
+    mi250 = table.rows[table.rows.hardware == "mi250-gcd"]
+    packages = raw.iloc[mi250.line.to_numpy() - 2]["Num of Hardware"].to_numpy()
+    assert len(mi250) and (mi250.tp.to_numpy() == 2 * packages).all()
+    other = table.rows[table.rows.hardware == "h100-sxm"]
+    assert (other.tp.to_numpy() == raw.iloc[other.line.to_numpy() - 2]["Num of Hardware"].to_numpy()).all()
     ttft = read_static_batch(DATA / "Fig_22_all_results_TTFT_ITL.csv")
     assert ttft.rows.ttft_s.notna().all() and (ttft.rows.output == ttft.rows.input).all()
     assert (ttft.skipped.reason == "no latency measured").any()

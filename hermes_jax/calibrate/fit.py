@@ -119,6 +119,7 @@ class FitResult:
     bootstrap_sd: dict[str, np.ndarray] = field(default_factory=dict)
     predicted_start: np.ndarray | None = None   # predictions at the start, every row (train and held out)
     predicted: np.ndarray | None = None         # predictions at the optimum, every row
+    unused: list[str] = field(default_factory=list)  # asked for, but no fitted row depends on them: not fitted
 
     def value(self, name: str) -> np.ndarray:
         return np.exp(self.theta[name])
@@ -260,11 +261,25 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
         return r, dr[:, None] * np.asarray(jac, np.float64).reshape(pred.size, -1), pred
 
     z0 = z_of(np.concatenate([np.ravel(start[n]) for n in names]))
-    r0, _, pred0 = evaluate(z0)
+    r0, jac0, pred0 = evaluate(z0)
     n_all = r0.size
     mask = np.ones(n_all, bool) if train is None else np.asarray(train, bool)
     if mask.shape != (n_all,) or not mask.any():
         raise ConfigError(f"train mask must be {n_all} booleans with at least one True")
+    # A parameter no fitted row depends on (a kernel path the data never take) is not fitted: it
+    # keeps its start value and the result says so, rather than reporting an arbitrary value.
+    columns = np.split(np.arange(jac0.shape[1]), np.cumsum(sizes)[:-1])
+    unused = [n for n, cols in zip(names, columns) if not np.any(jac0[np.ix_(mask & np.isfinite(r0), cols)])]
+    if unused and len(unused) < len(names):
+        result = fit_parameters(predict, params, [n for n in names if n not in unused], bounds=bounds, priors=priors,
+                                loss=loss, steps=steps, learning_rate=learning_rate, polish_steps=polish_steps,
+                                unidentified_sd=unidentified_sd, bootstrap=bootstrap, seed=seed, train=train,
+                                measured=measured, progress=progress)
+        result.unused = unused
+        result.warnings += [f"{n}: no fitted row's prediction changes with it at the start values (a kernel "
+                            "path or bound the data never reach); not fitted, kept at its start value "
+                            f"{np.array2string(np.exp(start[n]), precision=4)}" for n in unused]
+        return result
     n_rows = int(mask.sum())
     bad = mask & ~np.isfinite(r0)
     if bad.any():  # a non-positive measurement or prediction has no log ratio: say which, never fit NaN

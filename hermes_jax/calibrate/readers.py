@@ -23,8 +23,12 @@ from ..models.config import model_names, get_model
 HARDWARE_ALIASES = {
     # LLM-Inference-Bench ran its A100s on ALCF Polaris (A100-SXM4-40GB).
     "Nvidia A100 GPU": "a100-40gb", "Nvidia H100 GPU": "h100-sxm", "Nvidia GH200 GPU": "gh200",
-    "AMD MI300X GPU": "mi300x",
+    "AMD MI300X GPU": "mi300x", "AMD MI250 GPU": "mi250-gcd",
 }
+DEVICES_PER_UNIT = {"AMD MI250 GPU": 2}
+"""Devices the engine sees per unit the table counts: an MI250 package is two GCDs, each a GPU to
+ROCm, so "Num of Hardware" N is tensor parallelism over 2N GCDs (Llama-2-70B's 140 GB of weights
+run on "2" MI250s, which two 64 GB GCDs could not hold)."""
 STACK_ALIASES = {"vLLM": "vllm", "TensorRT-LLM": "trt-llm", "Deepspeed-MII": "deepspeed-mii",
                  "Deepspeed": "deepspeed", "llama.cpp": "llama.cpp", "sambaflow": "sambaflow"}
 CANONICAL = ("model", "hardware", "tp", "batch", "input", "output", "latency_s")
@@ -139,7 +143,13 @@ def _from_inference_bench(df: pd.DataFrame, path: Path) -> pd.DataFrame:
         df = df[df["Parallelism Type"].str.strip() == "Tensor Parallelism"].copy()
     df["hardware"] = df["Hardware"].str.strip().map(lambda h: HARDWARE_ALIASES.get(h, h))
     df["stack"] = df["Framework"].str.strip().map(lambda f: STACK_ALIASES.get(f, f))
-    df["model"], df["tp"], df["batch"] = df["Model"], df["Num of Hardware"], df["Batch Size"]
+    units = pd.to_numeric(df["Num of Hardware"], errors="coerce")
+    per_unit = df["Hardware"].str.strip().map(lambda h: DEVICES_PER_UNIT.get(h, 1))
+    # A count that is not a whole number stays as written, for the line-numbered error of the tp column.
+    whole = (units.notna() & (units % 1 == 0)).to_numpy()
+    scaled = (units.fillna(0).round().astype(int) * per_unit).astype(str)
+    df["tp"] = np.where(whole, scaled, df["Num of Hardware"])
+    df["model"], df["batch"] = df["Model"], df["Batch Size"]
     return df
 
 

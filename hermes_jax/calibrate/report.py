@@ -29,7 +29,7 @@ def fitted_profile(stack: str, device: str, fit: FitResult, provenance: dict[str
             base = StackProfile(stack)
     return StackProfile(base.name, base.version, base.description, base.overflow, base.kv,
                         {**base.devices, device: stack_values(fit)}, {**base.provenance, device: provenance},
-                        base.origin)
+                        base.origin, base.decode_attention)
 
 
 def parameter_lines(fit: FitResult) -> list[str]:

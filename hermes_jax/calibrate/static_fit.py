@@ -11,6 +11,7 @@ versions) and writes a Markdown + JSON report with a residual plot.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import time
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
-from ..hardware.catalog import get_hardware
+from ..hardware.catalog import get_hardware, same_die_devices
 from ..stacks import StackProfile, get_stack
 from .fit import Bound, FitResult, LogHuber, Prior, fit_parameters
 from .report import fitted_profile, parameter_lines, write_report
@@ -31,10 +32,19 @@ from .static import StaticBatchTable
 DEFAULT_START = "sarathi-2024"
 DEFAULT_NAMES = ("memory_efficiency", "memory_half_bytes", "attention_efficiency", "attention_memory_efficiency",
                  "kernel_overhead_s", "host_overhead_s", "host_overhead_per_seq_s",
-                 "host_overhead_per_context_token_s", "host_overhead_multiworker_s", "collective_overhead_s")
+                 "host_overhead_per_context_token_s", "host_overhead_multiworker_s", "collective_overhead_s",
+                 "paged_attention_memory_efficiency", "paged_kv_reread")
 """What a serving stack changes over measured kernels: streaming and attention efficiencies, fixed
-per-kernel, per-collective and host costs (CUDA graphs, the scheduler, block tables)."""
+per-kernel, per-collective and host costs (CUDA graphs, the scheduler, block tables), and the KV
+re-reads of a decode kernel that does not share them across a query-head group (fitted only where
+rows take that path: ``kernels.kv_reads``)."""
+KERNEL_NAMES = ("compute_efficiency", "compute_half_flop")
+"""Fitted as well where the start has no kernel-level measurements of the device or of one with its
+die (its values are the catalog's generic prior): then what the software reaches on GEMMs is only
+known from these data."""
 DEFAULT_BOUNDS = {"host_overhead_per_context_token_s": Bound(1e-11, 1e-6),
+                  # a share of the re-reads; above 1 the kernel also streams them worse than the first read
+                  "paged_kv_reread": Bound(0.01, 2.0), "paged_attention_memory_efficiency": Bound(0.05, 1.4),
                   # relative to memory_efficiency: KV reads may stream as well as the weights or better
                   "attention_memory_efficiency": Bound(0.05, 1.4)}
 
@@ -209,7 +219,7 @@ def split_rows(rows: pd.DataFrame, held_out: Mapping[str, Sequence] | None = Non
     return np.zeros(len(rows), bool), "no held-out rows (all fitted)"
 
 
-def calibrate_static(rows: pd.DataFrame, device: str, stack: str, *, names: Sequence[str] = DEFAULT_NAMES,
+def calibrate_static(rows: pd.DataFrame, device: str, stack: str, *, names: Sequence[str] | None = None,
                      start: str = DEFAULT_START, bounds: Mapping[str, Bound] | None = None,
                      priors: Mapping[str, Prior] | None = None, loss=None,
                      held_out: Mapping[str, Sequence] | None = None, test_fraction: float = 0.0, seed: int = 0,
@@ -217,14 +227,21 @@ def calibrate_static(rows: pd.DataFrame, device: str, stack: str, *, names: Sequ
                      data_files: Sequence[str | Path] = (), progress: Callable[[str], None] | None = None
                      ) -> StaticCalibration:
     """Fit ``names`` of ``stack`` on ``device`` to the static-batch ``rows`` (canonical columns of
-    ``readers.read_static_batch``, all on this device); see the module doc."""
+    ``readers.read_static_batch``, all on this device); see the module doc. ``names`` defaults to
+    ``DEFAULT_NAMES``, plus ``KERNEL_NAMES`` where the start has no fit for the device."""
     rows = rows[rows.hardware == device].reset_index(drop=True)
     if rows.empty:
         raise ConfigError(f"no rows on {device} to calibrate {stack} with")
     hw = get_hardware(device, stack=start, dtype=dtype)
+    if names is None:  # kernel values measured on this chip (this device or one with its die)?
+        measured, _, _ = get_stack(start).values_for(device, same_die_devices(device))
+        names = DEFAULT_NAMES + (() if measured else KERNEL_NAMES)
     loss = loss or LogHuber()
     t0 = time.perf_counter()
-    table = StaticBatchTable(rows, hw.spec, hw.params, get_stack(stack))
+    profile = get_stack(stack)
+    # The start stack gives the values; the kernels the rows ran on are the calibrated stack's.
+    spec = dataclasses.replace(hw.spec, kv_reads=profile.kv_reads_for(hw.spec.platform))
+    table = StaticBatchTable(rows, spec, hw.params, profile)
     kept = rows[table.keep].reset_index(drop=True)
     meas, _ = table.measured()
     test, split = split_rows(kept, held_out, test_fraction, seed)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..kernels.kv_reads import GroupedKVReads
 from ..tomlio import field_line, load_toml
 from .params import DTYPES, EFFICIENCY_FIELDS, FIELDS, OVERHEAD_FIELDS, TIERS, HardwareParams
 
@@ -41,6 +42,8 @@ POSITIVE = {
 GENERIC_PRIOR = {
     "compute_efficiency": 0.65, "compute_half_flop": 2e9, "attention_efficiency": 0.35,
     "attention_causal_efficiency": 1.0, "attention_row_keys": 64.0,
+    # Where a stack's rule says KV re-reads are unshared, assume they reach HBM until measured.
+    "paged_kv_reread": 1.0, "paged_attention_memory_efficiency": 1.0,
     "memory_efficiency": 0.8, "memory_half_bytes": 2e6,
     "attention_memory_efficiency": 1.0, "elementwise_efficiency": 0.5, "kernel_overhead_s": 4e-6,
     "collective_overhead_s": 1e-5,
@@ -70,6 +73,8 @@ class SystemSpec:
     calibrated: bool = False
     provenance: str = ""
     stack: str = ""                # serving stack whose efficiencies and overheads apply ("" = catalog values)
+    platform: str = ""             # software platform the device runs (cuda, rocm, ...): stacks pick kernels by it
+    kv_reads: object = GroupedKVReads()   # kernels.kv_reads rule of the stack's decode attention here
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,9 @@ def _validate(kind: str, name: str, entry: dict, path: Path) -> None:
             if _number(value, path, kind, name, f"peak_flops.{dtype}") <= 0:
                 raise ConfigError(f"{path}:{field_line(path, name, 'peak_flops')} [{name}] peak_flops.{dtype} "
                                   f"must be > 0 FLOP/s, got {value}")
+        if not isinstance(entry.get("platform", ""), str):
+            raise ConfigError(f"{path}:{field_line(path, name, 'platform')} [{name}] platform: expected a name such as "
+                              f"\"cuda\" or \"rocm\", got {entry['platform']!r}")
         tiers = entry["tiers"]
         if not isinstance(tiers, dict) or set(tiers) != set(TIERS):
             raise ConfigError(f"{path}:{field_line(path, name, 'tiers')} [{name}] tiers: expected a table naming "
@@ -211,6 +219,11 @@ def _efficiency(catalog: Catalog, name: str, entry: dict) -> tuple[dict, bool, s
     return values, calibrated, provenance
 
 
+def same_die_devices(name: str, catalog: Catalog | None = None) -> list[str]:
+    """Devices with the same chip as ``name``, in order of preference (see ``_same_die``)."""
+    return _same_die(catalog or default_catalog(), name)
+
+
 def _same_die(catalog: Catalog, name: str) -> list[str]:
     """Devices with the same chip as ``name``: the one its entry's ``efficiency_from`` names, then
     those that name ``name`` or share that source (in catalog order)."""
@@ -241,13 +254,14 @@ def get_hardware(name: str, *, ideal: bool = False, catalog: Catalog | None = No
     cpu = catalog.get("cpu", device["host_cpu"], ctx)
     tiers = [catalog.get("tier", device["tiers"][t], ctx) for t in TIERS]
     efficiency, calibrated, provenance = _efficiency(catalog, name, device)
-    stack_name = ""
+    stack_name, kv_reads = "", GroupedKVReads()
     if stack is not None:
         from ..stacks import get_stack  # stacks read this catalog's overlay: import here, not at the top
         profile = get_stack(stack)
         stack_values, provenance, calibrated = profile.values_for(name, _same_die(catalog, name))
         efficiency.update(stack_values)
         stack_name = profile.name
+        kv_reads = profile.kv_reads_for(device.get("platform", ""))
     if ideal:
         efficiency.update(IDEAL)
         calibrated, provenance = False, "ideal datasheet roofline (efficiency 1, overheads 0)"
@@ -282,5 +296,5 @@ def get_hardware(name: str, *, ideal: bool = False, catalog: Catalog | None = No
         native_dtypes=tuple(device.get("native_dtypes", DTYPES)), intra_link=device["intra_link"],
         inter_link=device["inter_link"], host_link=device["host_link"], host_cpu=device["host_cpu"],
         tiers=tuple(device["tiers"][t] for t in TIERS), calibrated=calibrated, provenance=provenance,
-        stack=stack_name)
+        stack=stack_name, platform=str(device.get("platform", "")), kv_reads=kv_reads)
     return Hardware(spec, HardwareParams.from_natural(values, dtype=dtype))

@@ -50,6 +50,13 @@ FIELDS: dict[str, tuple[tuple[int, ...], str, str]] = {
     "attention_memory_efficiency": ((), "1", "bandwidth attention kernels reach reading the KV cache, as a share "
                                     "of memory_efficiency (paged gathers of small blocks stream worse than "
                                     "dense tensors; 1: the same)"),
+    "paged_attention_memory_efficiency": ((), "1", "bandwidth a paged decode kernel that does not share KV "
+                                          "heads reaches reading them, as a share of the attention kernels' "
+                                          "(where the stack's rule runs it: kernels.kv_reads)"),
+    "paged_kv_reread": ((), "1", "share of a query-head group's KV re-reads that reach HBM in a decode kernel "
+                        "that does not share KV heads across the group, where the stack's rule says it runs "
+                        "(kernels.kv_reads; 0: shared as FlashAttention does, 1: every query head reads its KV "
+                        "head from HBM)"),
     "elementwise_efficiency": ((len(ELEMENTWISE_KERNELS),), "1", "share of HBM bandwidth reached by each "
                                "memory-bound kernel class (ELEMENTWISE_KERNELS order)"),
     "kernel_overhead_s": ((), "s", "fixed time per kernel (launch and tail)"),
@@ -91,10 +98,10 @@ FIELDS: dict[str, tuple[tuple[int, ...], str, str]] = {
 
 # Fields set to 1 by the ideal roofline (the LL latency ratio too: ideal LL and Simple coincide).
 EFFICIENCY_FIELDS = ("compute_efficiency", "attention_efficiency", "attention_causal_efficiency", "memory_efficiency",
-                     "attention_memory_efficiency",
+                     "attention_memory_efficiency", "paged_attention_memory_efficiency",
                      "elementwise_efficiency", "intra_link_efficiency", "inter_link_efficiency",
                      "collective_ll_latency_ratio", "collective_ll_bandwidth_efficiency")
-OVERHEAD_FIELDS = ("compute_half_flop", "attention_row_keys", "memory_half_bytes", "kernel_overhead_s", "collective_overhead_s",
+OVERHEAD_FIELDS = ("compute_half_flop", "attention_row_keys", "paged_kv_reread", "memory_half_bytes", "kernel_overhead_s", "collective_overhead_s",
                    "collective_ll_overhead_s",
                    "host_overhead_s", "host_overhead_per_seq_s", "host_overhead_per_context_token_s",
                    "host_overhead_multiworker_s",
@@ -102,7 +109,8 @@ OVERHEAD_FIELDS = ("compute_half_flop", "attention_row_keys", "memory_half_bytes
 # Rates, sizes and efficiencies a device cannot do without: 0 would make a service time infinite (or
 # a KV cache empty), so 0 is refused where parameters are built; overheads and latencies may be 0.
 POSITIVE_FIELDS = ("peak_flops", "hbm_bandwidth", "hbm_capacity", "compute_efficiency", "attention_efficiency",
-                   "memory_efficiency", "attention_memory_efficiency", "elementwise_efficiency",
+                   "memory_efficiency", "attention_memory_efficiency", "paged_attention_memory_efficiency",
+                   "elementwise_efficiency",
                    "intra_link_bandwidth", "intra_link_efficiency", "inter_link_bandwidth", "inter_link_efficiency",
                    "collective_ll_bandwidth_efficiency", "tier_bandwidth", "cpu_cores", "cpu_core_flops",
                    "cpu_dram_bandwidth")

@@ -92,14 +92,16 @@ def _attended_pairs(new, context, window, bidirectional, xp=jnp):
 
 
 def operator_costs(model: ModelConfig, par: Parallelism, weight_dtype: str, kv_dtype: str,
-                   act_dtype: str, new, context, logits, copies=None, xp=jnp) -> dict[str, tuple]:
+                   act_dtype: str, new, context, logits, copies=None, xp=jnp, kv_reads=None) -> dict[str, tuple]:
     """``{op name: (flop, bytes)}`` per device per execution; for collectives bytes is the message.
 
     ``new``, ``context``, ``logits``: arrays of shape (..., B) in tokens; leading axes broadcast
     (e.g. over decode steps). ``copies`` (same shape, default 1) counts identical sequences per
     slot, so a static batch of B equal requests is one slot with copies = B (B stays dynamic).
-    Returned arrays have the leading shape. ``xp`` is the array module (``numpy`` for the NumPy
-    baseline in benchmarks/, which must use the very same formulas).
+    ``kv_reads`` (a ``kernels.kv_reads`` rule, default: each KV head read once) gives the decode
+    kernel's KV re-reads across a query-head group. Returned arrays have the leading shape. ``xp``
+    is the array module (``numpy`` for the NumPy baseline in benchmarks/, which must use the very
+    same formulas).
     """
     wb, kvb, ab = dtype_bytes(weight_dtype), dtype_bytes(kv_dtype), dtype_bytes(act_dtype)
     tp, ep = par.tp, par.ep
@@ -141,9 +143,16 @@ def operator_costs(model: ModelConfig, par: Parallelism, weight_dtype: str, kv_d
     pairs = (copies * _attended_pairs(new, context, model.sliding_window, model.encoder, xp)).sum(-1)
     window = model.sliding_window or None
     kv_read = xp.minimum(context + new, window) if window else context + new
+    decode = (new == 1) & (context > 0)
+    decode_tokens = (copies * xp.where(decode, kv_read, 0)).sum(-1)
     kv_read = (copies * xp.where(new > 0, kv_read, 0)).sum(-1)
     kv_traffic = 0.0 if model.encoder else (kv_read + T) * kv_elems * kvb  # read context, write new
     costs["attention"] = (attn_flop_per_pair * pairs, kv_traffic + T * q_o_width * ab)
+    # KV bytes a paged decode kernel reads, and re-reads across a query-head group if every re-read
+    # reaches HBM (both 0 where the stack's rule runs a grouped kernel; scaled in iteration).
+    paged, reread = (kv_reads.paged_reads(model, par, decode_tokens, (copies * decode).sum(-1), xp)
+                     if kv_reads is not None else (0.0 * decode_tokens, 0.0 * decode_tokens))
+    costs["_attention_paged_kv_bytes"] = (reread * kv_elems * kvb, paged * kv_elems * kvb)  # (re-reads, reads)
     # KV tokens the running sequences hold (what a host rebuilds block tables over).
     costs["_held_tokens"] = (kv_read, 0.0 * kv_read)
     # Causal masking leaves new (new - 1) / 2 pairs per sequence unneeded; a kernel that does not skip

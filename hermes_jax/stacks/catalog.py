@@ -71,6 +71,11 @@ def load_stack_file(path: str | Path) -> list[str]:
     return sorted(stacks)
 
 
+def register_stack(profile: StackProfile) -> None:
+    """Make ``profile`` known by its name for this process (replacing a shipped one of that name)."""
+    _USER[profile.name] = profile
+
+
 def get_stack(name: str | StackProfile | None = None) -> StackProfile:
     """A stack by name (``None``: the default, the current vLLM)."""
     if isinstance(name, StackProfile):

@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 
 from ..errors import ConfigError
 from ..hardware.params import EFFICIENCY_FIELDS, FIELDS, OVERHEAD_FIELDS
+from ..kernels.kv_reads import KV_READS, GroupedKVReads
 from ..tomlio import field_line, load_toml
 
 STACK_FIELDS = EFFICIENCY_FIELDS + OVERHEAD_FIELDS + ("intra_link_latency", "inter_link_latency")
@@ -54,10 +55,21 @@ class StackProfile:
     devices: Mapping[str, Mapping[str, object]] = field(default_factory=dict)     # device -> field -> value
     provenance: Mapping[str, Mapping[str, str]] = field(default_factory=dict)    # device -> key -> text
     origin: str = ""                       # file it came from
+    # platform (a device's ``platform``: cuda, rocm, ...) -> kernels.kv_reads rule name of its decode
+    # attention; a platform not named reads each KV head once (rule "grouped").
+    decode_attention: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.overflow not in OVERFLOW:
             raise ConfigError(f"stack {self.name}: overflow {self.overflow!r} unknown; allowed: {', '.join(OVERFLOW)}")
+        for platform, rule in self.decode_attention.items():
+            if rule not in KV_READS:
+                raise ConfigError(f"stack {self.name}: decode_attention.{platform} = {rule!r} unknown; allowed: "
+                                  f"{', '.join(KV_READS)}")
+
+    def kv_reads_for(self, platform: str):
+        """The ``kernels.kv_reads`` rule this stack's decode attention follows on ``platform``."""
+        return KV_READS[self.decode_attention[platform]] if platform in self.decode_attention else GroupedKVReads()
 
     @property
     def label(self) -> str:
@@ -105,10 +117,14 @@ def profiles_from_toml(path: str | Path) -> dict[str, StackProfile]:
         line = field_line(path, name, name) or "?"
         if not isinstance(entry, dict):
             raise ConfigError(f"{path}:{line} [{name}]: expected a stack table")
-        unknown = set(entry) - {"version", "description", "overflow", "kv", "devices"}
+        unknown = set(entry) - {"version", "description", "overflow", "kv", "devices", "decode_attention"}
         if unknown:
             raise ConfigError(f"{path}:{line} [{name}]: unknown key(s) {sorted(unknown)}; allowed: version, "
-                              "description, overflow, kv, devices")
+                              "description, overflow, kv, decode_attention, devices")
+        attention = entry.get("decode_attention", {})
+        if not isinstance(attention, dict) or not all(isinstance(v, str) for v in attention.values()):
+            raise ConfigError(f"{path}:{field_line(path, name, 'decode_attention') or line} [{name}] decode_attention: "
+                              f"expected a table of platform = rule name, e.g. {{ cuda = \"paged-sliding-window\" }}")
         kv_raw = entry.get("kv", {})
         known_kv = set(KVSizing.__dataclass_fields__)
         if set(kv_raw) - known_kv:
@@ -133,7 +149,7 @@ def profiles_from_toml(path: str | Path) -> dict[str, StackProfile]:
             out[name] = StackProfile(name=name, version=str(entry.get("version", "")),
                                      description=str(entry.get("description", "")),
                                      overflow=str(entry.get("overflow", "waves")), kv=kv, devices=devices,
-                                     provenance=provenance, origin=str(path))
+                                     provenance=provenance, origin=str(path), decode_attention=dict(attention))
         except ConfigError as exc:
             raise ConfigError(f"{path}:{line} {exc}") from None
     return out
@@ -157,7 +173,11 @@ def profiles_to_toml(profiles: Mapping[str, StackProfile], header: str = "") -> 
     for name, p in profiles.items():
         kv = ", ".join(f"{k} = {_toml_scalar(getattr(p.kv, k))}" for k in KVSizing.__dataclass_fields__)
         lines += [f'["{name}"]', f"version = {_toml_scalar(p.version)}", f"description = {_toml_scalar(p.description)}",
-                  f"overflow = {_toml_scalar(p.overflow)}", f"kv = {{ {kv} }}", ""]
+                  f"overflow = {_toml_scalar(p.overflow)}", f"kv = {{ {kv} }}"]
+        if p.decode_attention:
+            rules = ", ".join(f"{k} = {_toml_scalar(v)}" for k, v in p.decode_attention.items())
+            lines.append(f"decode_attention = {{ {rules} }}")
+        lines.append("")
         for device, values in p.devices.items():
             lines.append(f'["{name}".devices."{device}"]')
             lines += [f"{k} = {_toml_scalar(v)}" for k, v in values.items()]
