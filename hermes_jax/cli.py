@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--dtype", default="bf16", choices=sorted(DTYPE_BYTES), help="weight dtype")
     est.add_argument("--kv-dtype", default=None, help="KV-cache dtype (default: from --dtype)")
     est.add_argument("--stack", default=DEFAULT_STACK, help="serving stack whose fitted efficiencies, overheads "
-                     "and KV rule apply (vllm, trt-llm, deepspeed-mii, splitwise-2023, sarathi-2024, or 'catalog' for "
-                     f"the hardware catalog's own values; default {DEFAULT_STACK})")
+                     "and KV rule apply (vllm, trt-llm, deepspeed-mii, deepspeed, splitwise-2023, sarathi-2024, "
+                     f"or 'catalog' for the hardware catalog's own values; default {DEFAULT_STACK})")
     est.add_argument("--stack-file", metavar="PATH", help="TOML defining your own stack(s) (schema: "
                      "hermes_jax/stacks/data/stacks.toml)")
     est.add_argument("--ideal", action="store_true", help="pure datasheet roofline: efficiency 1, no overheads")

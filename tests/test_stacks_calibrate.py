@@ -179,18 +179,22 @@ def test_scenario_engines_take_a_stack_with_its_kv_rule(tmp_path):
 
 
 def test_runs_that_cannot_have_done_the_work_are_reported_not_fitted():
-    """A latency below the datasheet floor (weights read once per decode step at peak bandwidth) and a
-    prompt + output beyond the model's context are impossible rows with their reason."""
+    """A latency below the datasheet floor (weights read once per decode step at peak bandwidth), a
+    prompt + output beyond the model's context and a parallel layout the model cannot take are
+    impossible rows with their reason."""
     hw = get_hardware("h100-sxm")
     rows = pd.DataFrame({"model": ["llama-7b", "llama-7b", "llama-7b"], "hardware": "h100-sxm", "stack": "vllm",
                          "tp": 1, "batch": 16, "input": [1024, 512, 1024], "output": [1024, 512, 1024],
                          "latency_s": [0.8, 6.0, 20.0], "ttft_s": np.nan, "source": "t.csv", "line": [2, 3, 4]})
     rows.loc[2, ["input", "output"]] = 2048
+    # A layout the catalog model cannot take (DeepSpeed on Gaudi 2 ran Qwen2-7B's 28 heads at TP8)
+    rows = pd.concat([rows, rows.iloc[[1]].assign(model="qwen2-7b", tp=8, line=5)], ignore_index=True)
     table = StaticBatchTable(rows, hw.spec, hw.params, get_stack("vllm"))
     reasons = dict(zip(table.impossible.row, table.impossible.reason))
-    assert set(reasons) == {0, 2}
+    assert set(reasons) == {0, 2, 3}
     assert "below the datasheet floor" in reasons[0] and "exceeds llama-7b's context of 2048" in reasons[2]
-    assert table.keep.tolist() == [False, True, False]
+    assert "tp=8 does not divide qwen2-7b's 28 attention heads" in reasons[3]
+    assert table.keep.tolist() == [False, True, False, False]
 
 
 def test_bad_calibration_input_is_refused_with_its_reason(tmp_path, capsys):

@@ -23,7 +23,7 @@ from ..models.config import model_names, get_model
 HARDWARE_ALIASES = {
     # LLM-Inference-Bench ran its A100s on ALCF Polaris (A100-SXM4-40GB).
     "Nvidia A100 GPU": "a100-40gb", "Nvidia H100 GPU": "h100-sxm", "Nvidia GH200 GPU": "gh200",
-    "AMD MI300X GPU": "mi300x", "AMD MI250 GPU": "mi250-gcd",
+    "AMD MI300X GPU": "mi300x", "AMD MI250 GPU": "mi250-gcd", "Habana Gaudi2": "gaudi2",
 }
 DEVICES_PER_UNIT = {"AMD MI250 GPU": 2}
 """Devices the engine sees per unit the table counts: an MI250 package is two GCDs, each a GPU to

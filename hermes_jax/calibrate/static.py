@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..engine import EngineSpec
+from ..errors import ConfigError
 from ..hardware.catalog import SystemSpec
 from ..hardware.params import HardwareParams
 from ..models.config import dtype_bytes, get_model
@@ -61,7 +62,12 @@ class StaticBatchTable:
         impossible = []
         keep = np.ones(len(rows), bool)
         for (model_name, tp), g in rows.groupby(["model", "tp"], sort=True):
-            engine = EngineSpec(get_model(model_name), spec, Parallelism(tp=int(tp)), weight_dtype=dtype)
+            try:
+                engine = EngineSpec(get_model(model_name), spec, Parallelism(tp=int(tp)), weight_dtype=dtype)
+            except ConfigError as exc:  # a layout the model cannot take: every row of it, with the reason
+                impossible += [(pos, f"{exc} (the engine must have padded or split differently)") for pos in g.index]
+                keep[g.index] = False
+                continue
             cap = kv_capacity(engine, params, stack)
             waves = [static_waves(engine, cap, int(r.batch), int(r.input), int(r.output)) for r in g.itertuples()]
             floor = datasheet_floor(engine, params, g.batch.to_numpy(float), g.input.to_numpy(float),
