@@ -328,7 +328,7 @@ def output_directory(path: str | None, flag: str = "--out") -> None:
 def _catalog() -> None:
     from .hardware.catalog import default_catalog, hardware_names
     from .models.config import get_model, model_names
-    from .stacks import stack_names
+    from .stacks import get_stack, stack_names
 
     catalog = default_catalog()
     print("models:")
@@ -342,9 +342,12 @@ def _catalog() -> None:
         print(f"  {name:28s} {d.get('kind', 'gpu'):5s} bf16 {float(d['peak_flops']['bf16']) / 1e12:7.0f} TFLOP/s, "
               f"{float(d['hbm_bandwidth']) / 1e12:5.2f} TB/s, {float(d['hbm_capacity']) / 1e9:6.1f} GB, "
               f"${float(d['price_per_hour']):.2f}/h")
-    print("stacks:")
+    print("stacks (fitted on; other devices take the fit of the same die, else catalog values):")
     for name in stack_names():
-        print(f"  {name}")
+        stack = get_stack(name)
+        kernels = "; decode attention " + ", ".join(f"{k}: {v}" for k, v in stack.decode_attention.items()) \
+            if stack.decode_attention else ""
+        print(f"  {stack.label:28s} {', '.join(d for d in stack.devices if d != 'default') or '-'}{kernels}")
 
 
 def _compare(args) -> None:

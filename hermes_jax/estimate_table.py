@@ -68,6 +68,7 @@ def estimate_rows(args, chosen_stack) -> list[dict]:
     hardware = get_hardware(args.hardware, ideal=args.ideal, catalog=catalog, stack=args.stack)
     stack = get_stack(args.stack)  # --stack catalog: the default stack's KV rule
     rows = []
+    kv_reads = hardware.spec.kv_reads   # the stack's decode-attention kernel on this platform
     for tp, batch, prompt, output in itertools.product(args.tp, args.batch, args.prompt, args.output):
         engine = EngineSpec(model, hardware.spec, Parallelism(tp=tp, pp=args.pp, ep=args.ep),
                             weight_dtype=args.dtype, kv_dtype=args.kv_dtype or "",
@@ -84,6 +85,7 @@ def estimate_rows(args, chosen_stack) -> list[dict]:
             "batch": batch, "prompt": prompt, "output": output, "dtype": engine.weight_dtype,
             "kv_dtype": engine.kv_dtype, "ideal": bool(args.ideal), "calibrated": hardware.spec.calibrated,
             "stack": hardware.spec.stack, "kv_rule": stack.label,
+            "decode_attention": kv_reads.name if kv_reads.applies(model) else "grouped",
             "efficiency_source": hardware.spec.provenance,
             "fits": waves.fits, "waves": waves.full + (waves.last > 0), "per_wave": waves.per_wave,
             "kv_blocks_per_device": cap.blocks, "missing_bytes_per_device": waves.missing_bytes,
@@ -119,6 +121,9 @@ def print_table(rows: list[dict]) -> None:
             print(f"  does not fit at once: {row['missing_bytes_per_device'] / gb:.2f} GB more KV per device than "
                   f"the {row['kv_blocks_per_device']} blocks of {row['kv_rule']}'s rule; runs in {row['waves']} waves "
                   f"of up to {row['per_wave']} requests (times below: the whole batch, first wave's prefill)")
+        if row["decode_attention"] != "grouped":
+            print(f"  decode attention on the stack's paged kernel ({row['decode_attention']}): above 512 sequences "
+                  "x query heads per device each query head re-reads its KV heads (kernels/kv_reads.py)")
         print(f"  prefill      {row['prefill_s'] * 1e3:10.2f} ms")
         print(f"  decode step  {row['decode_step_s'] * 1e3:10.2f} ms   (mean over output: {row['tpot_s'] * 1e3:.2f} ms)")
         print(f"  end to end   {row['e2e_s'] * 1e3:10.2f} ms")

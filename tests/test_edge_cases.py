@@ -185,6 +185,9 @@ def test_catalog_lists_models_hardware_and_stacks(capsys):
     assert cli.main(["catalog"]) == 0
     out = capsys.readouterr().out
     assert "llama-3.1-8b" in out and "h100-sxm" in out and "vllm" in out
+    # each stack with the devices it is fitted on and its kernel rules
+    vllm = next(line for line in out.splitlines() if line.strip().startswith("vllm "))
+    assert "h100-sxm" in vllm and "mi250-gcd" in vllm and "rocm: paged" in vllm
 
 
 def test_quiet_seed_and_compare_two_runs(tmp_path, capsys):

@@ -2,13 +2,14 @@
 what it costs, and that a fit recovers its two values or leaves them alone when no row takes it."""
 
 import dataclasses
+import json
 
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
 
-from hermes_jax import ConfigError, EngineSpec, Parallelism, get_hardware, get_model
+from hermes_jax import ConfigError, EngineSpec, Parallelism, cli, get_hardware, get_model
 from hermes_jax.calibrate.fit import LogSquared, fit_parameters
 from hermes_jax.calibrate.static import StaticBatchTable
 from hermes_jax.iteration import iteration_cost, operators
@@ -98,3 +99,12 @@ def test_fit_recovers_the_paged_kernel_and_leaves_it_alone_where_no_row_takes_it
     assert fit.value("memory_efficiency") == pytest.approx(0.8, rel=0.02)
     assert sum("no fitted row's prediction changes with it" in w for w in fit.warnings) == 2
     assert float(fit.params.paged_kv_reread) == pytest.approx(1.0)
+
+
+def test_estimate_says_which_decode_kernel_a_point_runs_on(capsys):
+    # The row names the kernel before any time is computed (a prompt past the context: no compile).
+    for model, expected in (("mistral-7b-v0.1", "paged-sliding-window"), ("llama-3-8b", "grouped")):
+        assert cli.main(["estimate", "--model", model, "--hardware", "h100-sxm", "--tp", "1", "--batch", "32",
+                         "--prompt", "128,40000", "--output", "8", "--json"]) == 0
+        rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+        assert [r["decode_attention"] for r in rows] == [expected] * 2, model

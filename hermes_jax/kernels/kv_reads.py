@@ -38,6 +38,9 @@ class GroupedKVReads:
 
     name: str = "grouped"
 
+    def applies(self, model) -> bool:
+        return False
+
     def paged_reads(self, model, par, decode_tokens, decode_sequences, xp=jnp):
         """(KV tokens the paged kernel reads, extra tokens it reads if every query head re-read its
         KV head), per layer and device, from the decode sequences' attended context."""
