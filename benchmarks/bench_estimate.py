@@ -53,9 +53,10 @@ def numpy_static_batch(engine, nat, batch, prompt, output):
             if op.kind == ATTENTION:
                 flop += (1.0 - nat["attention_causal_efficiency"]) * float(c["_attention_masked_flop"][0])
                 flop += nat["attention_row_keys"] * float(c["_attention_row_flop"][0])
-                reread, paged = (float(x) for x in c["_attention_paged_kv_bytes"])
-                eta = nat["paged_attention_memory_efficiency"]
-                nbytes += paged * (1.0 / eta - 1.0) + nat["paged_kv_reread"] * reread / eta
+                if "_attention_paged_kv_bytes" in c:
+                    reread, paged = (float(x) for x in c["_attention_paged_kv_bytes"])
+                    eta = nat["paged_attention_memory_efficiency"]
+                    nbytes += paged * (1.0 / eta - 1.0) + nat["paged_kv_reread"] * reread / eta
             if op.kind == COLLECTIVE:
                 t = numpy_collective(op.collective, nbytes, op.group_size, nat)
             else:

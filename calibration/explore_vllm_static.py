@@ -9,7 +9,8 @@ H100 and A100-40GB by default, Qwen2-7B and Llama-3-70B held out) and prints pre
 end-to-end latency per model, TP, length and batch, with the fitted values and their intervals.
 ``--rules`` fits each device twice, with vLLM's decode-attention rule (``kernels.kv_reads``:
 PagedAttention for sliding-window models on CUDA, for every model on ROCm) and with every model on
-a grouped-KV kernel, and prints the error per split and model of both. It writes nothing; the
+a grouped-KV kernel, and prints the error per split and model of both, after the measured step
+time of Mistral-7B-v0.1 over that of GQA models of its size without a sliding window. It writes nothing; the
 shipped profiles come from ``fit_stacks.py``.
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from hermes_jax.calibrate import calibrate_static, read_static_batch
+from hermes_jax.calibrate.readers import HARDWARE_ALIASES
 from hermes_jax.stacks import get_stack, register_stack
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "llm_inference_bench"
@@ -33,7 +35,26 @@ def fit(table, device):
     return rows, calibrate_static(rows, device, "vllm", held_out={"model": held})
 
 
+def sliding_window_steps(table, device):
+    """Measured seconds per output token of Mistral-7B-v0.1 (sliding window) over the mean of the
+    GQA 7B models without one (DeciLM-7B, Qwen2-7B; read from the raw table, whose DeciLM rows the
+    catalog does not hold), per TP, length and batch."""
+    raw = pd.read_csv(DATA / "All_results.csv")
+    raw = raw[(raw.Framework == "vLLM") & (raw.Hardware.map(HARDWARE_ALIASES) == device)]
+    raw = raw.assign(step=raw.Latency / raw["Input Output Length"])
+    keys = ["Num of Hardware", "Input Output Length", "Batch Size"]
+    window = raw[raw.Model == "mistralai/Mistral-7B-v0.1"].groupby(keys).step.mean()
+    others = raw[raw.Model.isin(["Deci/DeciLM-7B", "Qwen/Qwen2-7B"])].groupby(keys).step.mean()
+    ratio = (window / others).dropna()
+    if ratio.empty:
+        return
+    print(f"\n{device}: measured step of Mistral-7B-v0.1 / DeciLM-7B and Qwen2-7B (TP, length x batch):")
+    print(ratio.unstack("Batch Size").round(2).to_string())
+
+
 def compare_rules(table, devices):
+    for device in devices:
+        sliding_window_steps(table, device)
     shipped = get_stack("vllm")
     out = []
     for label, rules in (("stack rule", shipped.decode_attention), ("grouped everywhere", {})):

@@ -3,8 +3,8 @@
     python calibration/fit_stacks.py      # about 10 min on 2 cores
 
 For every (stack, device) with measured static-batch runs (vLLM, TensorRT-LLM, DeepSpeed-MII on
-A100-40GB, H100, GH200, MI300X, and MI250 GCDs, two per package; Habana's DeepSpeed on Gaudi 2): start from the kernel-level fits
-of Vidur's measured profiles (``sarathi-2024``; the catalog's values where there are none), hold out
+A100-40GB, H100, GH200, MI300X, and MI250 GCDs, two per package; Habana's DeepSpeed on Gaudi 2):
+start from the kernel-level fits of Vidur's measured profiles (``sarathi-2024``; the catalog's values where there are none), hold out
 whole models (qwen2-7b and llama-3-70b where measured, else the listed fallback), fit the stack
 parameter set (``hermes_jax.calibrate.static_fit.DEFAULT_NAMES``, plus ``KERNEL_NAMES`` where no
 kernel-level fit exists) on the other models and score both parts. Time
@@ -62,9 +62,9 @@ def ttft_score(profile, device: str, ttft_rows) -> tuple[int, float]:
 
 
 def inherit_unseen(profile, device: str, unused: list[str]):
-    """A device whose rows never take a kernel path (no sliding-window model measured on it) keeps the
-    values its stack reaches on that path on the same chip, where a fit saw it (gh200 <- h100-sxm),
-    instead of the generic start value; its provenance says so."""
+    """Values no row of this device depends on (a kernel path its models never take, a multi-device
+    overhead where only one device ran) come from the fit of the same chip where that fit saw them
+    (gh200 <- h100-sxm), instead of the generic start value; the provenance says so."""
     values, prov = dict(profile.devices[device]), dict(profile.provenance[device])
     notes = []
     for other in same_die_devices(device):

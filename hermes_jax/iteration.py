@@ -56,11 +56,12 @@ def iteration_cost(engine: EngineSpec, hw: HardwareParams, new, context, logits,
         if op.kind == ATTENTION:
             flop = (flop + (1.0 - hw.attention_causal_efficiency) * costs["_attention_masked_flop"][0]
                     + hw.attention_row_keys * costs["_attention_row_flop"][0])
-            # The paged kernel's reads at its own streaming efficiency, as equivalent bytes at the
-            # attention kernels' efficiency (one roofline per operator).
-            reread, paged = costs["_attention_paged_kv_bytes"]
-            moved = moved + paged * (1.0 / hw.paged_attention_memory_efficiency - 1.0) \
-                + hw.paged_kv_reread * reread / hw.paged_attention_memory_efficiency
+            if "_attention_paged_kv_bytes" in costs:
+                # The paged kernel's reads at its own streaming efficiency, as equivalent bytes at
+                # the attention kernels' efficiency (one roofline per operator).
+                reread, paged = costs["_attention_paged_kv_bytes"]
+                moved = moved + paged * (1.0 / hw.paged_attention_memory_efficiency - 1.0) \
+                    + hw.paged_kv_reread * reread / hw.paged_attention_memory_efficiency
         flops.append(jnp.broadcast_to(flop, active.shape).astype(dtype))
         nbytes.append(jnp.broadcast_to(moved, active.shape).astype(dtype))
     flop, moved = jnp.stack(flops, axis=-1), jnp.stack(nbytes, axis=-1)            # (..., n)

@@ -13,16 +13,17 @@ other model on FlashAttention-2; on ROCm it decodes every model with its paged k
 
 Measured (LLM-Inference-Bench, vLLM, Mistral-7B-v0.1 with 4 query heads per KV head): on H100 at TP1
 batch >= 32 and TP2 batch 64 (sequences x heads per device > 512) a step costs 1.1x (128 tokens) to
-2.4x (2048) that of GQA models of its size (DeciLM-7B, Qwen2-7B), about what every query head
-reading its KV from HBM predicts; at or below 512 it matches them. Two fitted values of the (stack,
-device) describe the kernel: ``HardwareParams.paged_attention_memory_efficiency`` (its KV streaming
-relative to the attention kernels of other models) and ``paged_kv_reread`` (the share of the
-group's re-reads that reach HBM); this module decides where they apply
-(``calibration/explore_vllm_static.py --rules`` fits with and without it).
+2.5x (2048) that of GQA models of its size (DeciLM-7B, Qwen2-7B), about what every query head
+reading its KV from HBM predicts; at or below 512, 0.95-1.2x (``calibration/explore_vllm_static.py
+--rules`` prints the table, and the fits with and without this rule). Two fitted values of the
+(stack, device) describe the kernel: ``HardwareParams.paged_attention_memory_efficiency`` (its KV
+streaming relative to the attention kernels of other models) and ``paged_kv_reread`` (the share of
+the group's re-reads that reach HBM); this module decides where they apply.
 
-Each rule returns, per iteration, the KV tokens the paged kernel reads and the extra tokens it would
-read from HBM if every re-read reached it (the factor ``h/g - 1`` on the decode sequences' attended
-context); ``iteration`` turns them into bytes at those efficiencies.
+A rule says whether a model's decode runs on the paged kernel (``applies``, static: nothing is added
+to the cost of other models) and, where it does, the KV tokens that kernel reads per iteration and
+the extra tokens it would read from HBM if every re-read reached it (the factor ``h/g - 1`` on the
+decode sequences' attended context); ``iteration`` turns them into bytes at those efficiencies.
 """
 
 from __future__ import annotations
@@ -39,12 +40,8 @@ class GroupedKVReads:
     name: str = "grouped"
 
     def applies(self, model) -> bool:
+        """Whether ``model``'s decode runs on a paged kernel (never here: nothing to add)."""
         return False
-
-    def paged_reads(self, model, par, decode_tokens, decode_sequences, xp=jnp):
-        """(KV tokens the paged kernel reads, extra tokens it reads if every query head re-read its
-        KV head), per layer and device, from the decode sequences' attended context."""
-        return 0.0 * decode_tokens, 0.0 * decode_tokens
 
 
 @dataclass(frozen=True)
@@ -63,8 +60,9 @@ class PagedKVReads:
         return bool(model.sliding_window) or not self.sliding_window_only
 
     def paged_reads(self, model, par, decode_tokens, decode_sequences, xp=jnp):
-        if not self.applies(model):
-            return 0.0 * decode_tokens, 0.0 * decode_tokens
+        """(KV tokens the paged kernel reads, extra tokens it reads if every query head re-read its
+        KV head), per layer and device, from the decode sequences' attended context; for a model
+        the rule ``applies`` to."""
         heads = model.heads / par.tp
         group = heads / max(model.kv_heads / par.tp, 1.0)
         unshared = decode_sequences * heads > self.shared_up_to

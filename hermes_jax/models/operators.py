@@ -143,16 +143,16 @@ def operator_costs(model: ModelConfig, par: Parallelism, weight_dtype: str, kv_d
     pairs = (copies * _attended_pairs(new, context, model.sliding_window, model.encoder, xp)).sum(-1)
     window = model.sliding_window or None
     kv_read = xp.minimum(context + new, window) if window else context + new
-    decode = (new == 1) & (context > 0)
-    decode_tokens = (copies * xp.where(decode, kv_read, 0)).sum(-1)
+    if kv_reads is not None and kv_reads.applies(model):
+        # KV bytes the paged decode kernel reads, and re-reads across a query-head group if every
+        # re-read reaches HBM (scaled in iteration); absent for models on a grouped kernel.
+        decode = (new == 1) & (context > 0)
+        decode_tokens = (copies * xp.where(decode, kv_read, 0)).sum(-1)
+        paged, reread = kv_reads.paged_reads(model, par, decode_tokens, (copies * decode).sum(-1), xp)
+        costs["_attention_paged_kv_bytes"] = (reread * kv_elems * kvb, paged * kv_elems * kvb)  # (re-reads, reads)
     kv_read = (copies * xp.where(new > 0, kv_read, 0)).sum(-1)
     kv_traffic = 0.0 if model.encoder else (kv_read + T) * kv_elems * kvb  # read context, write new
     costs["attention"] = (attn_flop_per_pair * pairs, kv_traffic + T * q_o_width * ab)
-    # KV bytes a paged decode kernel reads, and re-reads across a query-head group if every re-read
-    # reaches HBM (both 0 where the stack's rule runs a grouped kernel; scaled in iteration).
-    paged, reread = (kv_reads.paged_reads(model, par, decode_tokens, (copies * decode).sum(-1), xp)
-                     if kv_reads is not None else (0.0 * decode_tokens, 0.0 * decode_tokens))
-    costs["_attention_paged_kv_bytes"] = (reread * kv_elems * kvb, paged * kv_elems * kvb)  # (re-reads, reads)
     # KV tokens the running sequences hold (what a host rebuilds block tables over).
     costs["_held_tokens"] = (kv_read, 0.0 * kv_read)
     # Causal masking leaves new (new - 1) / 2 pairs per sequence unneeded; a kernel that does not skip

@@ -9,8 +9,8 @@ from .._lazy import lazy_attributes
 DEFAULT_STACK = "vllm"
 
 _PUBLIC = {"get_stack": ".catalog", "load_stack_file": ".catalog", "shipped_stacks": ".catalog",
-           "stack_names": ".catalog", "register_stack": ".catalog", "STACK_FIELDS": ".profile", "KVSizing": ".profile", "StackProfile": ".profile",
-           "profiles_from_toml": ".profile"}
+           "stack_names": ".catalog", "register_stack": ".catalog", "STACK_FIELDS": ".profile",
+           "KVSizing": ".profile", "StackProfile": ".profile", "profiles_from_toml": ".profile"}
 
 __all__ = ["DEFAULT_STACK", *_PUBLIC]
 
