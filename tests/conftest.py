@@ -9,6 +9,12 @@ import pytest
 # The CLI turns JAX's persistent compilation cache on; in tests it would write into the user's home
 # and let one run's programs speed up the next: keep it off unless the caller asks for it.
 os.environ.setdefault("HERMES_JAX_CACHE", "off")
+# Most of the suite's time is XLA compiling small programs that then run for milliseconds: LLVM's
+# optimisation passes cost more than they save here (about 40% off each compile). Results are the
+# same programs' (tests compare runs made under the same flags, or with tolerances); a caller's own
+# XLA_FLAGS win.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 jax.config.update("jax_enable_x64", True)  # gradient and precision tests need float64
 

@@ -1,7 +1,10 @@
 """Analytic queueing limits: with one slot per engine, Poisson arrivals and fixed lengths, the
 simulated engine is an M/D/1 queue, so the mean wait must match Pollaczek-Khinchine,
 Wq = rho D / (2 (1 - rho)). The runs are long (the sample mean of a heavily loaded queue converges
-slowly: at rho = 0.8 the standard error with 1e6 requests is ~0.9%), but each is one compiled scan."""
+slowly: at rho = 0.8 the standard error with 4e5 requests is ~1.4%, hence the 4.5% tolerance there),
+but both loads have the same number of requests, so they share one compiled scan. The simulator's
+waits follow the Lindley recursion request by request (test_simulator.py); this is the check of the
+whole against theory."""
 
 import pytest
 
@@ -22,8 +25,9 @@ def service_time():
     return float(service.mean())
 
 
-@pytest.mark.parametrize("rho,requests", [(0.5, 300_000), (0.8, 1_000_000)])
-def test_md1_mean_wait_matches_pollaczek_khinchine(service_time, rho, requests):
+@pytest.mark.parametrize("rho,tolerance", [(0.5, 0.02), (0.8, 0.045)])
+def test_md1_mean_wait_matches_pollaczek_khinchine(service_time, rho, tolerance):
+    requests = 400_000
     rate = rho / service_time
     scenario = load_scenario(str(DEFAULT_SCENARIO), ONE_SLOT + [f"client.chat.arrival.rate_per_s={rate}",
                                                                 f"simulation.horizon_s={requests / rate}"])
@@ -33,4 +37,5 @@ def test_md1_mean_wait_matches_pollaczek_khinchine(service_time, rho, requests):
     waited = df.queueing_s[df.admit_s.notna()]
     assert len(waited) > 0.99 * requests
     expected = rho * service_time / (2 * (1 - rho))
-    assert waited.mean() == pytest.approx(expected, rel=0.03)
+    print(f"rho {rho}: mean wait {waited.mean():.6g} s, Pollaczek-Khinchine {expected:.6g} s")
+    assert waited.mean() == pytest.approx(expected, rel=tolerance)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+import numpy as np
 
 import jax
 import jax.numpy as jnp
@@ -251,7 +252,7 @@ def run_segments(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capacit
     progress is reported from Python between them (``progress(done_steps, total_steps)``) and no
     host callback keeps the program out of JAX's persistent compilation cache. ``req`` covers a
     padded number of steps (a multiple of ``segments``); the steps from ``horizon_steps`` on are
-    inactive and the trace is cut to the horizon."""
+    inactive and the trace (NumPy arrays) is cut to the horizon."""
     total = req.step_first.shape[0] - 1
     length = -(-total // segments)
     state = _start(cfg, req)
@@ -264,7 +265,8 @@ def run_segments(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capacit
         traces.append(trace)
         if progress is not None:
             progress(min((k + 1) * length, horizon_steps), horizon_steps)
-    trace = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs)[:horizon_steps], *traces)
+    # joined on the host: eager jnp ops on these per-run shapes would each compile a small program
+    trace = jax.tree_util.tree_map(lambda *xs: np.concatenate([np.asarray(x) for x in xs])[:horizon_steps], *traces)
     return state, trace
 
 
