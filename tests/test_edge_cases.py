@@ -181,6 +181,31 @@ def test_help_and_version_start_without_jax():
     assert done.stdout.strip().splitlines()[-1] == "False" and "hermes-jax 0.1.0" in done.stdout
 
 
+def test_the_console_entry_keeps_exit_codes_and_complete_output():
+    """entry() ends the process without the interpreter's teardown: the exit code, every printed
+    line and a reader that stops early (a closed pipe) behave as with a normal exit."""
+    import subprocess
+    import sys
+
+    bad = subprocess.run([sys.executable, "-m", "hermes_jax.cli", "catalog", "--nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unrecognized arguments" in bad.stderr
+    done = subprocess.run([sys.executable, "-m", "hermes_jax.cli", "catalog"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.rstrip().splitlines()[-1] == _catalog_text().rstrip().splitlines()[-1]
+    piped = subprocess.run(f"{sys.executable} -m hermes_jax.cli catalog | head -n 1", shell=True, capture_output=True,
+                           text=True)
+    assert piped.returncode == 0 and len(piped.stdout.splitlines()) == 1 and "Traceback" not in piped.stderr
+
+
+def _catalog_text() -> str:
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert cli.main(["catalog"]) == 0
+    return buffer.getvalue()
+
+
 def test_catalog_lists_models_hardware_and_stacks(capsys):
     assert cli.main(["catalog"]) == 0
     out = capsys.readouterr().out

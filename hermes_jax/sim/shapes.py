@@ -10,6 +10,7 @@ changes a result.
 
 from __future__ import annotations
 
+import numpy as np
 import jax.numpy as jnp
 
 from .state import Requests
@@ -36,7 +37,9 @@ def pad_requests(req: Requests, size: int) -> Requests:
         return req
     fill = {"arrival_step": 2**30, "arrival_off": 0.0, "input_tokens": 1, "output_tokens": 1, "cached": 0,
             "admissible": False, "priority": 0, "next_request": -1, "think": 0.0, "user": -1}
-    return req._replace(**{k: jnp.concatenate([getattr(req, k), jnp.full(extra, v, getattr(req, k).dtype)])
+    # on the host: eager jnp ops on these per-run shapes would each compile a small program
+    return req._replace(**{k: jnp.asarray(np.concatenate([np.asarray(getattr(req, k)),
+                                                          np.full(extra, v, getattr(req, k).dtype)]))
                            for k, v in fill.items()})
 
 
@@ -46,4 +49,5 @@ def pad_steps(req: Requests, steps: int) -> Requests:
     extra = steps + 1 - first.shape[0]
     if extra <= 0:
         return req
-    return req._replace(step_first=jnp.concatenate([first, jnp.full(extra, first[-1], first.dtype)]))
+    first = np.asarray(first)
+    return req._replace(step_first=jnp.asarray(np.concatenate([first, np.full(extra, first[-1], first.dtype)])))
