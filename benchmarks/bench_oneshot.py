@@ -122,7 +122,7 @@ def vidur_run(python: str, work: Path, trace: Path, source: str | None = None) -
 
 
 def measure(repeat: int, vidur_python: str | None, vidur_source: str | None, vidur_cache: str | None = None,
-            vidur_cold_s: float | None = None) -> dict:
+            vidur_cold_s: float | None = None, vidur_recorded: dict | None = None) -> dict:
     results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                      "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,6 +150,11 @@ def measure(repeat: int, vidur_python: str | None, vidur_source: str | None, vid
             again = min(vidur_run(vidur_python, work, trace, vidur_source)[0] for _ in range(repeat))   # cached
             results["vidur"] = {"first_s": first, "cached_models_s": again, "source": source}
             print("vidur", results["vidur"], flush=True)
+        elif vidur_recorded:   # Vidur's times from an earlier run of this script (Vidur not installed now)
+            v = vidur_recorded["vidur"]
+            source = v["source"].split(" [")[0].replace("run here", "run")
+            results["vidur"] = {**v, "source": f"{source} [recorded by an earlier run of this script on "
+                                               f"{vidur_recorded['machine']}]"}
         else:
             results["vidur"] = {"first_s": VIDUR_PUBLISHED_S, "cached_models_s": VIDUR_PUBLISHED_S,
                                 "source": "published (not runnable here)"}
@@ -192,12 +197,16 @@ def main() -> None:
     parser.add_argument("--vidur-cold-s", type=float, default=None, help="with --vidur-cache: the measured wall "
                         "seconds of the run that trained them")
     parser.add_argument("--from-json", action="store_true", help="rewrite the README from results/oneshot.json")
+    parser.add_argument("--vidur-recorded", action="store_true", help="without a Vidur to run: keep the Vidur times "
+                        "results/oneshot.json holds from an earlier run of this script (the table says so)")
     args = parser.parse_args()
     out = HERE / "results" / "oneshot.json"
+    recorded = json.loads(out.read_text()) if args.vidur_recorded and out.exists() else None
     if args.from_json:
         results = json.loads(out.read_text())
     else:
-        results = measure(args.repeat, args.vidur_python, args.vidur_source, args.vidur_cache, args.vidur_cold_s)
+        results = measure(args.repeat, args.vidur_python, args.vidur_source, args.vidur_cache, args.vidur_cold_s,
+                          recorded)
         out.write_text(json.dumps(results, indent=2))
     readme = HERE / "README.md"
     text = readme.read_text()
