@@ -151,6 +151,23 @@ def test_fit_flags_what_the_data_cannot_identify(synthetic_table):
     assert any("not identified" in w and "host_overhead" in w for w in res.warnings)
 
 
+def test_a_held_out_row_without_a_finite_value_leaves_the_fit_alone(synthetic_table):
+    """A row outside the fit (weight 0) whose measurement has no log ratio (0 here) must not reach
+    the fitted rows' gradient (0 * nan is nan): the fit equals the one without that row."""
+    hw, truth, table, clean = synthetic_table
+    names = ["memory_efficiency", "host_overhead_s"]
+    kwargs = dict(loss=LogSquared(), steps=40, polish_steps=20)
+    train = np.ones(len(clean), bool)
+    train[-1] = False
+    broken = np.asarray(clean, float).copy()
+    broken[-1] = 0.0
+    a = fit_parameters(lambda p: (table.predict(p)[0], clean), hw.params, names, train=train, **kwargs)
+    b = fit_parameters(lambda p: (table.predict(p)[0], broken), hw.params, names, train=train, **kwargs)
+    for n in names:
+        assert np.isfinite(b.theta[n]).all()
+        np.testing.assert_allclose(b.theta[n], a.theta[n], rtol=1e-9)
+
+
 def test_scenario_engines_take_a_stack_with_its_kv_rule(tmp_path):
     """``stack = "..."`` on an engine (or --stack for every engine without one) applies the stack's
     values and, unless the engine sizes its cache itself, the stack's KV rule; bad names point at

@@ -258,7 +258,8 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
         meas = np.broadcast_to(np.asarray(meas if measured is None else measured, np.float64), pred.shape)
         r = np.asarray(loss.residual(pred, meas), np.float64)
         dr = np.asarray(dres_fn(jnp.asarray(pred), jnp.asarray(meas)), np.float64)
-        return r, dr[:, None] * np.asarray(jac, np.float64).reshape(pred.size, -1), pred
+        with np.errstate(invalid="ignore", over="ignore"):   # non-finite rows are handled by the callers
+            return r, dr[:, None] * np.asarray(jac, np.float64).reshape(pred.size, -1), pred
 
     z0 = z_of(np.concatenate([np.ravel(start[n]) for n in names]))
     r0, jac0, pred0 = evaluate(z0)
@@ -296,11 +297,14 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
 
     def objective(z, r, w):
         theta = theta_of(z)
-        return float(np.sum(w * rho(r)) / np.sum(w) + prior_scale * 0.5 * np.sum(prior_prec * (theta - prior_mu) ** 2))
+        on = w > 0
+        return float(np.sum(w[on] * rho(r[on])) / np.sum(w)
+                     + prior_scale * 0.5 * np.sum(prior_prec * (theta - prior_mu) ** 2))
 
     def gradient(z, r, jac, w):
         dtheta = dtheta_of(z)
-        g = jac.T @ (w * psi(r)) / np.sum(w) + prior_scale * prior_prec * (theta_of(z) - prior_mu) * dtheta
+        on = w > 0   # rows outside the fit (held out, weight 0) may be non-finite: 0 * nan would spread
+        g = jac[on].T @ (w[on] * psi(r[on])) / np.sum(w) + prior_scale * prior_prec * (theta_of(z) - prior_mu) * dtheta
         return g, dtheta
 
     def polish(z, w, iterations):
@@ -309,8 +313,11 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
         for _ in range(iterations):
             g, dtheta = gradient(z, r, jac, w)
             safe = np.where(np.abs(r) > 1e-12, r, 1e-12)
-            omega = np.where(np.abs(r) > 1e-12, psi(r) / safe, psi(np.full_like(r, 1e-6)) / 1e-6)
-            h = (jac * (w * omega)[:, None]).T @ jac / np.sum(w) + np.diag(prior_scale * prior_prec * dtheta ** 2)
+            with np.errstate(invalid="ignore"):   # rows outside the fit may be nan; they are left out below
+                omega = np.where(np.abs(r) > 1e-12, psi(r) / safe, psi(np.full_like(r, 1e-6)) / 1e-6)
+            on = w > 0
+            h = (jac[on] * (w[on] * omega[on])[:, None]).T @ jac[on] / np.sum(w) \
+                + np.diag(prior_scale * prior_prec * dtheta ** 2)
             improved = False
             for _ in range(8):
                 step = np.linalg.solve(h + mu * (np.diag(np.diag(h)) + 1e-12 * np.eye(len(z))), -g)
@@ -325,12 +332,18 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
                 break
         return z, value
 
+    stopped: list[str] = []
+
     def optimise(z, w, adam_steps):
         opt = optax.adam(learning_rate)
         state = opt.init(jnp.asarray(z))
         for i in range(adam_steps):
             r, jac, _ = evaluate(z)
             g, _ = gradient(z, r, jac, w)
+            if not np.all(np.isfinite(g)):   # a step into a region where the model gives no value
+                stopped.append(f"Adam stopped at step {i + 1} of {adam_steps}: the prediction or its gradient is not "
+                               "finite there; the polish continued from the last finite point")
+                break
             updates, state = opt.update(jnp.asarray(g), state)
             z = z + np.asarray(updates, np.float64)
             if progress and (i + 1) % max(adam_steps // 5, 1) == 0:
@@ -339,6 +352,9 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
 
     weights = mask.astype(np.float64)
     z, final = optimise(z0, weights, steps)
+    if not np.isfinite(final):
+        raise ConfigError(f"the fit of {', '.join(names)} reached no finite loss (last {final!r}): the model gives no "
+                          "finite prediction for some fitted row there; narrow the bounds or check the data")
     if progress:
         progress(f"polished: loss {final:.5g}")
     r_all, jac_z, pred_all = evaluate(z)
@@ -379,6 +395,7 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
                             "fix some of these or add data that separate them")
     for label in at_bound:
         warnings.append(f"{label} ended at its bound: the data push it past the allowed range")
+    warnings += stopped
     out_sd, out_iv, out_theta = {}, {}, {}
     i = 0
     for n, k in zip(names, sizes):
