@@ -27,6 +27,7 @@ from .errors import ConfigError
 from .hardware.params import HardwareParams
 from .iteration import IterationCost, iteration_cost
 from .kernels.roofline import combine
+from .mappings import make_room
 from .models.operators import kv_bytes_per_token_per_device, weight_bytes_per_device
 
 SMOOTH_NODES = 65
@@ -80,9 +81,17 @@ def _cost(engine, hw, prompt, context, batch, new):
                           copies=jnp.asarray(batch)[..., None] * one)
 
 
-@partial(jax.jit, static_argnums=0)
 def static_batch(engine: EngineSpec, hw: HardwareParams, batch, prompt, output) -> StaticBatchEstimate:
-    """Times of a static batch: ``batch`` requests of ``prompt`` input and ``output`` output tokens."""
+    """Times of a static batch: ``batch`` requests of ``prompt`` input and ``output`` output tokens.
+    Compiled once per engine configuration; called outside a trace, it first makes room for the
+    compiled program (``mappings.make_room``: a loop over hundreds of configurations keeps running)."""
+    if not any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((hw, batch, prompt, output))):
+        make_room()
+    return _static_batch(engine, hw, batch, prompt, output)
+
+
+@partial(jax.jit, static_argnums=0)
+def _static_batch(engine: EngineSpec, hw: HardwareParams, batch, prompt, output) -> StaticBatchEstimate:
     batch, prompt, output = (jnp.asarray(x, dtype=hw.log["hbm_bandwidth"].dtype) for x in (batch, prompt, output))
     prefill = _cost(engine, hw, prompt, 0.0 * prompt, batch, prompt[..., None])
     n = jnp.maximum(output - 1, 0.0)                     # decode iterations after the prefill

@@ -39,3 +39,12 @@ def llama7b_a100(a100_ideal):
 @pytest.fixture(scope="session")
 def llama70b_h100_tp8(h100):
     return EngineSpec(get_model("llama-2-70b"), h100.spec, Parallelism(tp=8))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How close the suite's one process came to its memory-mapping limit (hermes_jax.mappings)."""
+    from hermes_jax import mappings
+    count, limit = mappings.mapping_count(), mappings.mapping_limit()
+    if count is not None and limit is not None:
+        terminalreporter.write_line(f"memory mappings at the end: {count:,} of {limit:,}; compilation caches cleared "
+                                    f"{mappings.cleared} time(s)")

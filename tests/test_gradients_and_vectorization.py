@@ -90,11 +90,12 @@ def test_float32_close_to_float64(llama70b_h100_tp8, h100):
 
 def test_no_recompilation_on_second_call(llama70b_h100_tp8, h100):
     params = h100.params.astype(jnp.float64)
+    from hermes_jax.estimate import _static_batch   # the compiled function behind static_batch
     static_batch(llama70b_h100_tp8, params, 2.0, 100.0, 10.0)
-    size = static_batch._cache_size()
+    size = _static_batch._cache_size()
     for point in [(3.0, 999.0, 77.0), (64.0, 8.0, 2.0)]:
         static_batch(llama70b_h100_tp8, params.replace(hbm_bandwidth=1e12), *point)
-    assert static_batch._cache_size() == size
+    assert _static_batch._cache_size() == size
 
 
 def test_closed_form_sum_of_max_matches_brute_force():

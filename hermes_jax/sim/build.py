@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from ..hardware.catalog import get_hardware
 from ..hardware.params import HardwareParams, stack
 from ..iteration import iteration_cost
+from ..mappings import make_room
 from ..models.config import get_model
 from ..models.operators import Parallelism, kv_bytes_per_token_per_device, weight_bytes_per_device
 from .group import GroupConfig
@@ -114,6 +115,7 @@ def kv_capacity_blocks(spec: EngineSpec, params: HardwareParams, entry: Engine, 
 
 
 def build_group(entry: Engine) -> EngineGroup:
+    make_room()   # a group is compiled next: keep the process below its mapping limit (hermes_jax.mappings)
     names = entry.hardware if isinstance(entry.hardware, tuple) else (entry.hardware,) * entry.replicas
     try:
         parts = {n: get_hardware(n, **entry.hardware_kwargs()) for n in dict.fromkeys(names)}
