@@ -41,10 +41,12 @@ def mapping_limit() -> int | None:
         return None
 
 
-def make_room(share: float = DEFAULT_SHARE, quiet: bool = False) -> bool:
-    """Clear JAX's compilation caches if this process holds more than ``share`` of its mapping
-    limit; returns whether it did. Call it only between computations, never while tracing."""
+def make_room(share: float | None = None, quiet: bool = False) -> bool:
+    """Clear JAX's compilation caches if this process holds more than ``share`` (default
+    ``DEFAULT_SHARE``, read at the call) of its mapping limit; returns whether it did. Call it only
+    between computations, never while tracing."""
     global cleared
+    share = DEFAULT_SHARE if share is None else share
     count, limit = mapping_count(), mapping_limit()
     if count is None or limit is None or count <= share * limit:
         return False

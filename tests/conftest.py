@@ -18,7 +18,12 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 
 jax.config.update("jax_enable_x64", True)  # gradient and precision tests need float64
 
-from hermes_jax import EngineSpec, Parallelism, get_hardware, get_model  # noqa: E402
+from hermes_jax import EngineSpec, Parallelism, get_hardware, get_model, mappings  # noqa: E402
+
+# The suite's one process compiles hundreds of configurations and reuses many across modules:
+# clearing the caches at the library's default share (3/4 of the mapping limit) cost ~2 minutes of
+# recompiles; clear only close to the limit, where the process would otherwise die.
+mappings.DEFAULT_SHARE = 0.95
 
 
 @pytest.fixture(scope="session")
