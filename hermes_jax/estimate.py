@@ -85,8 +85,7 @@ def static_batch(engine: EngineSpec, hw: HardwareParams, batch, prompt, output) 
     """Times of a static batch: ``batch`` requests of ``prompt`` input and ``output`` output tokens.
     Compiled once per engine configuration; called outside a trace, it first makes room for the
     compiled program (``mappings.make_room``: a loop over hundreds of configurations keeps running)."""
-    if not any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((hw, batch, prompt, output))):
-        make_room()
+    make_room(inputs=(hw, batch, prompt, output))
     return _static_batch(engine, hw, batch, prompt, output)
 
 

@@ -16,12 +16,15 @@ Where ``/proc`` is not there (not Linux) it does nothing.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 _MAPS = Path("/proc/self/maps")
 _LIMIT = Path("/proc/sys/vm/max_map_count")
 DEFAULT_SHARE = 0.75  # of the limit: several more simulator compiles (thousands of mappings each) still fit
+CHECK_EVERY_S = 1.0   # /proc/self/maps is read at most this often: a compile takes longer than that
 cleared = 0           # times make_room has cleared the caches in this process
+_last_check = -float("inf")
 
 
 def mapping_count() -> int | None:
@@ -41,12 +44,23 @@ def mapping_limit() -> int | None:
         return None
 
 
-def make_room(share: float | None = None, quiet: bool = False) -> bool:
+def make_room(share: float | None = None, quiet: bool = False, inputs=None) -> bool:
     """Clear JAX's compilation caches if this process holds more than ``share`` (default
-    ``DEFAULT_SHARE``, read at the call) of its mapping limit; returns whether it did. Call it only
-    between computations, never while tracing."""
-    global cleared
-    share = DEFAULT_SHARE if share is None else share
+    ``DEFAULT_SHARE``, read at the call, and then looked at no more than every ``CHECK_EVERY_S``)
+    of its mapping limit; returns whether it did. Call it only between computations, never while
+    tracing: with ``inputs`` (a pytree of the caller's arguments) nothing is done while any of them
+    is being traced."""
+    global cleared, _last_check
+    if share is None:   # the default call, made on hot paths (static_batch): throttled
+        now = time.monotonic()
+        if now - _last_check < CHECK_EVERY_S:
+            return False
+        _last_check, share = now, DEFAULT_SHARE
+    if inputs is not None:
+        import jax
+
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(inputs)):
+            return False
     count, limit = mapping_count(), mapping_limit()
     if count is None or limit is None or count <= share * limit:
         return False

@@ -1,10 +1,10 @@
 """Analytic queueing limits: with one slot per engine, Poisson arrivals and fixed lengths, the
 simulated engine is an M/D/1 queue, so the mean wait must match Pollaczek-Khinchine,
 Wq = rho D / (2 (1 - rho)). The runs are long (the sample mean of a heavily loaded queue converges
-slowly: at rho = 0.8 the standard error with 4e5 requests is ~1.4%, hence the 4.5% tolerance there),
-but both loads have the same number of requests, so they share one compiled scan. The simulator's
-waits follow the Lindley recursion request by request (test_simulator.py); this is the check of the
-whole against theory."""
+slowly: at rho = 0.8 the standard error with 4e5 requests is ~1.4%; measured 0.3% off), but both
+loads have the same number of requests, so they share one compiled scan. The simulator's waits
+follow the Lindley recursion request by request (test_simulator.py); this is the check of the whole
+against theory."""
 
 import pytest
 
@@ -25,7 +25,7 @@ def service_time():
     return float(service.mean())
 
 
-@pytest.mark.parametrize("rho,tolerance", [(0.5, 0.02), (0.8, 0.045)])
+@pytest.mark.parametrize("rho,tolerance", [(0.5, 0.02), (0.8, 0.03)])
 def test_md1_mean_wait_matches_pollaczek_khinchine(service_time, rho, tolerance):
     requests = 400_000
     rate = rho / service_time

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import math
 from functools import partial
-import numpy as np
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..hardware.params import HardwareParams
 from ..iteration import iteration_cost

@@ -10,8 +10,8 @@ changes a result.
 
 from __future__ import annotations
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 
 from .state import Requests
 
