@@ -6,6 +6,8 @@
   Levenberg-Marquardt polish) with Laplace intervals, identifiability warnings and a bootstrap;
 - ``static_fit.calibrate_static``: a stack on one device fitted to such a table, split by any
   column, scored before and after, written as a stack file and a report;
+- ``prefill.fit_gemm_ceiling``: a machine's large-GEMM efficiency from measured time to first
+  token, each run predicted with its own engine's values;
 - ``ops.read_op_table`` / ``ops.OpTable``: kernel timing tables predicted with the iteration model's
   per-operator terms;
 - ``trace_fit.calibrate_trace``: fit through the serving simulator to a request trace's summaries;

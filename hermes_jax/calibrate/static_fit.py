@@ -98,6 +98,7 @@ class StaticCalibration:
     date: str
     seconds: float
     versions: dict[str, str] = field(default_factory=_versions)
+    notes: list[str] = field(default_factory=list)   # where start values came from (e.g. a GEMM ceiling)
 
     def errors(self, by: Sequence[str] = ()) -> pd.DataFrame:
         """MAPE (%) of end-to-end latency before and after the fit, per split (and ``by`` groups)."""
@@ -122,7 +123,8 @@ class StaticCalibration:
                 "split": self.split, "loss": f"{self.loss}: {self.fit.loss:.5g}", "start": self.start,
                 "fitted": ", ".join(self.fit.names), "interval90": intervals, "date": self.date,
                 "versions": ", ".join(f"{k} {v}" for k, v in self.versions.items()),
-                "warnings": " | ".join(self.fit.warnings) or "none"}
+                "warnings": " | ".join(self.fit.warnings) or "none",
+                **({"notes": " | ".join(self.notes)} if self.notes else {})}
 
     def profile(self, base: StackProfile | None = None) -> StackProfile:
         """The stack with this device's fitted values (other devices of ``base`` kept)."""
@@ -141,7 +143,7 @@ class StaticCalibration:
                                    "bootstrap_sd_log": (np.asarray(self.fit.bootstrap_sd[n]).tolist()
                                                         if n in self.fit.bootstrap_sd else None)}
                                for n in self.fit.names},
-                "warnings": self.fit.warnings}
+                "warnings": self.fit.warnings, "notes": self.notes}
 
     def to_markdown(self) -> str:
         lines = [f"# {self.stack} on {self.device}: static-batch calibration ({self.date})", "",
@@ -156,6 +158,8 @@ class StaticCalibration:
             lines.append(f"| {r.split} | {r.model} | {r.tp} | {r.points} | {r.mape_before_pct:.1f}% | "
                          f"{r.mape_after_pct:.1f}% |")
         lines += [""] + parameter_lines(self.fit)
+        if self.notes:
+            lines += ["", "Start values:"] + [f"- {n}" for n in self.notes]
         if len(self.impossible):
             lines += ["", "Impossible rows:"] + [f"- {r.source}:{r.line}: {r.reason}" for r in self.impossible.itertuples()]
         return "\n".join(lines) + "\n"
@@ -220,15 +224,17 @@ def split_rows(rows: pd.DataFrame, held_out: Mapping[str, Sequence] | None = Non
 
 
 def calibrate_static(rows: pd.DataFrame, device: str, stack: str, *, names: Sequence[str] | None = None,
-                     start: str = DEFAULT_START, bounds: Mapping[str, Bound] | None = None,
+                     start: str | StackProfile = DEFAULT_START, bounds: Mapping[str, Bound] | None = None,
                      priors: Mapping[str, Prior] | None = None, loss=None,
                      held_out: Mapping[str, Sequence] | None = None, test_fraction: float = 0.0, seed: int = 0,
                      steps: int = 300, polish_steps: int = 60, bootstrap: int = 0, dtype=None,
-                     data_files: Sequence[str | Path] = (), progress: Callable[[str], None] | None = None
-                     ) -> StaticCalibration:
+                     data_files: Sequence[str | Path] = (), progress: Callable[[str], None] | None = None,
+                     notes: Sequence[str] = ()) -> StaticCalibration:
     """Fit ``names`` of ``stack`` on ``device`` to the static-batch ``rows`` (canonical columns of
     ``readers.read_static_batch``, all on this device); see the module doc. ``names`` defaults to
-    ``DEFAULT_NAMES``, plus ``KERNEL_NAMES`` where the start has no fit for the device."""
+    ``DEFAULT_NAMES``, plus ``KERNEL_NAMES`` where the start has no fit for the device. ``start`` is a
+    stack name or profile (``prefill.GemmCeiling.apply`` gives one with a measured GEMM ceiling); the
+    values of fields not in ``names`` are its values, kept."""
     rows = rows[rows.hardware == device].reset_index(drop=True)
     if rows.empty:
         raise ConfigError(f"no rows on {device} to calibrate {stack} with")
@@ -254,5 +260,6 @@ def calibrate_static(rows: pd.DataFrame, device: str, stack: str, *, names: Sequ
     kept = kept.assign(split=np.where(test, "test", "train"), before=result.predicted_start, after=result.predicted)
     impossible = rows.iloc[table.impossible.row].assign(reason=table.impossible.reason.to_numpy()) \
         if len(table.impossible) else rows.iloc[:0].assign(reason=[])
-    return StaticCalibration(stack, device, start, result, kept, impossible, split, loss.name, data_record(data_files),
-                             datetime.date.today().isoformat(), time.perf_counter() - t0)
+    start_label = start if isinstance(start, str) else start.name
+    return StaticCalibration(stack, device, start_label, result, kept, impossible, split, loss.name, data_record(data_files),
+                             datetime.date.today().isoformat(), time.perf_counter() - t0, notes=list(notes))
