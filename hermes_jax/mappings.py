@@ -69,6 +69,9 @@ def make_room(share: float | None = None, quiet: bool = False, inputs=None) -> b
     import jax
 
     jax.clear_caches()
+    programs = sys.modules.get("hermes_jax.sim.programs")
+    if programs is not None:   # programs loaded from disk are held there, not in JAX's caches
+        programs.forget()
     gc.collect()
     cleared += 1
     if not quiet and cleared == 1:

@@ -232,8 +232,9 @@ def test_quiet_seed_and_compare_two_runs(tmp_path, capsys):
 
 
 def test_a_second_process_reuses_the_compiled_programs(tmp_path):
-    """The CLI's persistent compilation cache: the first run of a scenario writes its programs; a
-    second process finds them all, and one of another seed (the same shape class) reuses the scan."""
+    """The CLI's persistent compilation cache: the first run of a scenario writes its programs (JAX's
+    and, whole, hermes_jax.sim.programs'); a second process finds them all and gives the same
+    answer to the byte, and one of another seed (the same shape class) reuses the stored scan."""
     import os
     import subprocess
     import sys
@@ -241,16 +242,60 @@ def test_a_second_process_reuses_the_compiled_programs(tmp_path):
     cache = tmp_path / "cache"
     env = dict(os.environ, HERMES_JAX_CACHE=str(cache))
 
-    def run(seed):
+    def run(seed, name):
         done = subprocess.run([sys.executable, "-m", "hermes_jax.cli", "simulate", "--quiet", "--seed", str(seed),
-                               "--set", "simulation.horizon_s=2"], env=env, capture_output=True, text=True)
+                               "--set", "simulation.horizon_s=2", "--out", str(tmp_path / name)], env=env,
+                              capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]
         return {p.name for p in cache.rglob("*") if p.is_file()}
 
     def scans(files):
         return {name for name in files if name.startswith("jit__segment")}
 
-    first = run(1)
+    def stored(files):
+        return {name for name in files if name.endswith(".program")}
+
+    first = run(1, "a")
     assert len(scans(first)) == 1
-    assert run(1) == first                  # the same run again: every program found, none written
-    assert scans(run(2)) == scans(first)    # another seed, same shape class: the scan is not compiled again
+    assert len(stored(first)) == 2          # the run's first state and its segment of the scan
+    assert run(1, "b") == first             # the same run again: every program found, none written
+    for table in ("requests.csv", "timeseries.csv", "summary.json"):
+        assert (tmp_path / "a" / table).read_bytes() == (tmp_path / "b" / table).read_bytes(), table
+    files = run(2, "c")
+    assert scans(files) == scans(first) and stored(files) == stored(first)   # same shape class: nothing new
+
+
+def _scaled(n, x):
+    return x * n + 1.0
+
+
+def test_a_stored_program_answers_as_the_function_and_a_damaged_one_is_compiled_again(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from hermes_jax.sim import programs
+
+    fn = jax.jit(_scaled, static_argnums=0)
+    x = jnp.arange(4.0)
+    before = dict(programs.stats)
+    programs.keep_in(tmp_path)
+    try:
+        assert jnp.array_equal(programs.call(fn, (0,), 3, x), fn(3, x))
+        assert programs.stats["stored"] == before["stored"] + 1
+        programs.forget()
+        assert jnp.array_equal(programs.call(fn, (0,), 3, x), fn(3, x))       # read back from disk
+        assert programs.stats["loaded"] == before["loaded"] + 1
+        assert jnp.array_equal(programs.call(fn, (0,), 5, x), fn(5, x))       # another static value: its own
+        assert jnp.array_equal(programs.call(fn, (0,), 3, x[:3]), fn(3, x[:3]))   # another shape: its own
+        assert len(list(tmp_path.glob("*.program"))) == 3
+        for path in tmp_path.glob("*.program"):
+            path.write_bytes(b"not a program")
+        programs.forget()
+        assert jnp.array_equal(programs.call(fn, (0,), 3, x), fn(3, x))       # compiled again, not trusted
+        assert programs.stats["rejected"] == before["rejected"] + 1
+        # inside a trace the function itself runs (its derivative included)
+        grad = jax.grad(lambda v: programs.call(fn, (0,), 3, v).sum())(x)
+        assert jnp.allclose(grad, 3.0)
+    finally:
+        programs.keep_in(None)
+        programs.forget()

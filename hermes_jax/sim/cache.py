@@ -29,4 +29,7 @@ def enable_compilation_cache(path: str | Path | None = None) -> Path | None:
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    from . import programs
+
+    programs.keep_in(directory / "programs")
     return directory

@@ -30,6 +30,7 @@ from ..iteration import iteration_cost
 from ..kernels.transfer import tier_transfer_time
 from .admission import admit, head_admissible, preempt
 from .fastforward import fast_forward
+from . import programs
 from .group import F32, I32, GroupConfig, arrival_time, blocks, cond
 from .routing import route, schedule_next
 from .state import Records, Requests, SimState, Slots, StepTrace
@@ -255,13 +256,14 @@ def run_segments(cfg: GroupConfig, hw: HardwareParams, req: Requests, kv_capacit
     inactive and the trace (NumPy arrays) is cut to the horizon."""
     total = req.step_first.shape[0] - 1
     length = -(-total // segments)
-    state = _start(cfg, req)
+    state = programs.call(_start, (0,), cfg, req)
     traces = []
     horizon = jnp.asarray(horizon_steps, I32)
     for k in range(segments):
         if k * length >= total:
             break
-        state, trace = _segment(cfg, hw, req, kv_capacity, state, jnp.asarray(k * length, I32), length, horizon)
+        state, trace = programs.call(_segment, (0, 6), cfg, hw, req, kv_capacity, state, jnp.asarray(k * length, I32),
+                                     length, horizon)
         traces.append(trace)
         if progress is not None:
             progress(min((k + 1) * length, horizon_steps), horizon_steps)

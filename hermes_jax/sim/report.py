@@ -115,7 +115,9 @@ def write_outputs(results: Results, out: Path) -> list[Path]:
     paths[0].write_text(summary_json(results))
     results.requests.to_csv(paths[1], index=False)
     results.timeseries.to_csv(paths[2], index=False)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    # fixed margins, not tight_layout: it lays every label out once more (~0.1 s a figure)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5), gridspec_kw=dict(left=0.055, right=0.99, bottom=0.15, top=0.9,
+                                                                       wspace=0.28))
     done = results.requests[results.requests.status == "finished"]
     for ax, col in zip(axes, ("ttft_s", "tpot_s", "e2e_s")):
         for client, part in done.groupby("client"):
@@ -130,10 +132,10 @@ def write_outputs(results: Results, out: Path) -> list[Path]:
         axes[0].legend()
     else:
         axes[1].text(0.5, 0.5, "no request finished", ha="center", transform=axes[1].transAxes)
-    fig.tight_layout()
     fig.savefig(paths[3], dpi=110)
     plt.close(fig)
-    fig, axes = plt.subplots(2, 1, figsize=(10, 5), sharex=True)
+    fig, axes = plt.subplots(2, 1, figsize=(10, 5), sharex=True, gridspec_kw=dict(left=0.08, right=0.98, bottom=0.1,
+                                                                                  top=0.93, hspace=0.12))
     ts = results.timeseries
     for (engine, replica), part in ts.groupby(["engine", "replica"]):
         axes[0].plot(part.time_s, part.batch, lw=0.8, label=f"{engine}/{replica}")
@@ -143,7 +145,6 @@ def write_outputs(results: Results, out: Path) -> list[Path]:
     axes[1].set_xlabel("time (s)")
     axes[0].set_title("Batch size and KV cache use per replica")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
     fig.savefig(paths[4], dpi=110)
     plt.close(fig)
     if "stages" in results.extra:
