@@ -158,6 +158,15 @@ def _record(cfg: GroupConfig, req: Requests, rec: Records, s, events) -> Records
         preemptions=rec.preemptions.at[jnp.where(preempted >= 0, preempted, N)].add(1, mode="drop"))
 
 
+_EVENT_INDICES = (0, 2, 4, 7)   # the entries of ``_iteration``'s events that name requests (-1: none)
+
+
+def _no_events(cfg: GroupConfig, args):
+    """Events of a decision not taken: no request named, every value 0 (shapes from ``_iteration``)."""
+    shapes = jax.eval_shape(partial(_iteration, cfg), *args)[1]
+    return tuple(jnp.full(x.shape, -1 if k in _EVENT_INDICES else 0, x.dtype) for k, x in enumerate(shapes))
+
+
 def _decision(cfg: GroupConfig, hw, req: Requests, s, kv_capacity, c, rec: Records, limit):
     """One decision of ``_iteration`` with its events written into the records."""
     out, events = _iteration(cfg, hw, req, s, kv_capacity, c, rec, limit)
@@ -173,6 +182,19 @@ def _replica_step(cfg: GroupConfig, hw: HardwareParams, req: Requests, s, kv_cap
     def body(state, _):
         c, rec = state
         return cond(cfg, c[1] < limit, partial(_decision, cfg), (hw, req, s, kv_capacity, c, rec, limit), (c, rec)), None
+
+    if cfg.vmap_guard:
+        # Batched, a cond selects each of its outputs per lane: with the (N,) records among them every
+        # decision cost O(lanes * N) and runs grew quadratically in the requests. The decision returns
+        # its (B,) events instead; they are scattered by a cond of their own that needs no select (an
+        # idle lane's events are all -1, so its scatter writes nothing).
+        def body(state, _):   # noqa: F811
+            c, rec = state
+            args = (hw, req, s, kv_capacity, c, rec, limit)
+            take = c[1] < limit
+            c, events = cond(cfg, take, partial(_iteration, cfg), args, (c, _no_events(cfg, args)))
+            rec = cond(cfg, take, partial(_record, cfg), (req, rec, s, events), rec, select=False)
+            return (c, rec), None
 
     zero = (jnp.zeros((), F32), jnp.zeros(2, F32))
     (carry, records), _ = jax.lax.scan(body, (carry + zero, records), None, length=cfg.iterations)

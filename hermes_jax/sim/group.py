@@ -58,13 +58,15 @@ def inverse_permutation(perm):
     return jnp.zeros_like(perm).at[perm].set(jnp.arange(perm.shape[-1], dtype=perm.dtype))
 
 
-def cond(cfg: GroupConfig, pred, fn, args, unchanged):
+def cond(cfg: GroupConfig, pred, fn, args, unchanged, select: bool = True):
     """``fn(*args)`` if ``pred`` else ``unchanged``, the result cast to ``unchanged``'s dtypes (sums
     promote to int64 under jax_enable_x64). Every traced value ``fn`` needs must be in ``args``.
 
     Under ``jax.vmap`` a plain ``lax.cond`` becomes a select that runs ``fn`` for every lane on every
     call. With ``cfg.vmap_guard`` the batched form runs ``fn`` only when some lane needs it, then
-    selects per lane (a custom batching rule; forward only: it has no reverse-mode derivative)."""
+    selects per lane (a custom batching rule; forward only: it has no reverse-mode derivative).
+    ``select=False`` promises that ``fn`` returns ``unchanged`` itself wherever ``pred`` is false (a
+    scatter of nothing): the per-lane select, O(lanes x size) for large outputs, is then skipped."""
     def run(*a):
         return jax.tree_util.tree_map(lambda x, like: x.astype(like.dtype), fn(*a), unchanged)
 
@@ -85,6 +87,8 @@ def cond(cfg: GroupConfig, pred, fn, args, unchanged):
 
         def lanes():
             out = jax.vmap(run, in_axes=axes)(*args)
+            if not select:
+                return out
             return jax.tree_util.tree_map(lambda o, u: jnp.where(pred.reshape((size,) + (1,) * (o.ndim - 1)), o, u),
                                           out, unchanged)
 
