@@ -1,12 +1,12 @@
 """Trace-fit recovery: can a fit through the simulator find known parameters from a request trace?
 
-    python calibration/trace_recovery.py      # about 4 min on 2 cores
+    python calibration/trace_recovery.py      # about 2 min on 2 cores
 
 For utilisations 0.3, 0.5 and 0.8 of the engine's saturated throughput: simulate a Poisson stream of
 chat requests (Llama-3.1-8B on one H100, vLLM stack) with two parameters moved away from the
 shipped values (host overhead x1.6, memory efficiency x0.85), write it as a request trace, then fit
 those two parameters back from the shipped values with ``calibrate.trace_fit.calibrate_trace``
-(the simulator's default gradient estimator: smoothed regression over log-shifts) and report the
+(noise-weighted summaries of the replay smoothed over log-shifts, its defaults) and report the
 recovery error and whether the 90% interval covers the truth. The simulator that made the trace is the
 one that fits it, so this measures the fit and its gradients, not the model: the model's error
 against real engines is what ``fit_stacks.py`` reports. Writes ``results/trace_recovery.md``.
@@ -64,7 +64,7 @@ def main() -> None:
                                                                        record=np.arange(len(done)))
         trace = RequestTrace(rows.reset_index(drop=True), format="simulated")
         t0 = time.perf_counter()
-        cal = calibrate_trace(trace, ENGINE, NAMES, dt_s=DT, polish_steps=25)
+        cal = calibrate_trace(trace, ENGINE, NAMES, dt_s=DT)
         seconds = time.perf_counter() - t0
         for n in NAMES:
             fitted = float(cal.fit.value(n))

@@ -174,3 +174,36 @@ def test_vidur_operator_profile_reads_as_an_op_table_and_the_kernel_stack_reprod
         return float(np.mean(np.abs(pred / table.measured() - 1)))
 
     assert mape("sarathi-2024") < 0.15 < mape(None)
+
+
+def test_known_residual_noise_weights_rows_and_bounds_the_intervals():
+    """fit_parameters(residual_sd=...): rows count by their inverse noise, and the Laplace sd is at
+    least what that noise implies even where the fit lands on a point that matches exactly."""
+    import jax.numpy as jnp
+
+    from hermes_jax import get_hardware
+    from hermes_jax.calibrate.fit import LogSquared, fit_parameters
+
+    hw = get_hardware("a100-80gb", dtype=jnp.float64)
+    x = np.geomspace(0.5, 2.0, 6)
+
+    def predict(p):   # log prediction = ln(memory_efficiency) * x + const: a linear problem in the log
+        return jnp.exp(p.log["memory_efficiency"] * jnp.asarray(x)), jnp.exp(np.log(0.7) * x)
+
+    sd = np.full(6, 0.01)
+    fits = [fit_parameters(predict, hw.params, ["memory_efficiency"], loss=LogSquared(), steps=0, polish_steps=40,
+                           residual_sd=s) for s in (sd, 4 * sd)]
+    for fit in fits:
+        assert float(fit.value("memory_efficiency")) == pytest.approx(0.7, rel=1e-6)
+    expected = 0.01 / np.sqrt((x ** 2).sum())   # exact match: the noise alone sets the sd
+    assert float(fits[0].sd_log["memory_efficiency"]) == pytest.approx(expected, rel=1e-3)
+    assert float(fits[1].sd_log["memory_efficiency"]) == pytest.approx(4 * expected, rel=1e-3)
+    # a row with 100x the noise barely pulls: a wrong measurement there moves the fit < 0.1%
+    def skewed(p):
+        pred, meas = predict(p)
+        return pred, meas.at[0].multiply(1.5)
+    noisy = fit_parameters(skewed, hw.params, ["memory_efficiency"], loss=LogSquared(), steps=0, polish_steps=40,
+                           residual_sd=np.r_[1.0, sd[1:]])
+    assert float(noisy.value("memory_efficiency")) == pytest.approx(0.7, rel=1e-3)
+    with pytest.raises(ConfigError, match="residual_sd"):
+        fit_parameters(predict, hw.params, ["memory_efficiency"], residual_sd=np.zeros(6))

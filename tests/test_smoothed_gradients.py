@@ -144,3 +144,23 @@ def test_smoothed_slope_of_a_known_function():
     assert float(g) == pytest.approx(np.exp(0.5) * (s * np.sinh(s)).sum() / (s ** 2).sum(), rel=1e-5)
     both = jax.grad(lambda v: fwd({"a": v[0], "b": v[1]})["y"])(jnp.asarray([0.5, 2.0]))
     assert float(both[1]) == pytest.approx(3.0, rel=1e-5)
+
+
+def test_smoothed_value_is_the_lane_mean_with_and_without_derivatives():
+    """Smoothed(value="smoothed"): the value is the mean of the forward runs over the design (the
+    function whose slope it estimates), the same from a plain call and from jvp; differentiating
+    only some of its inputs is refused (their lanes would define another function)."""
+    est = Smoothed(value="smoothed", scales=(0.1,))
+    f = est.differentiate(lambda log, c: {"y": jnp.exp(2 * log["a"]) + c * log["b"] ** 2})
+    log = {"a": jnp.asarray(0.3), "b": jnp.asarray(-0.2)}
+    lanes = 0.1 * np.array([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]])
+    expected = np.mean([np.exp(2 * (0.3 + da)) + 1.5 * (-0.2 + db) ** 2 for da, db in lanes])
+    assert float(f(log, 1.5)["y"]) == pytest.approx(expected, rel=1e-12)
+    value, slope = jax.jvp(lambda a, b: f({"a": a, "b": b}, 1.5)["y"], (log["a"], log["b"]),
+                           (jnp.asarray(1.0), jnp.asarray(0.0)))
+    assert float(value) == pytest.approx(expected, rel=1e-12)
+    assert float(slope) == pytest.approx(2 * np.exp(0.6) * np.sinh(0.2) / 0.2, rel=1e-9)  # central difference
+    with pytest.raises(ConfigError, match="all of them must be differentiated"):
+        jax.jvp(lambda a: f({"a": a, "b": log["b"]}, 1.5)["y"], (log["a"],), (jnp.asarray(1.0),))
+    with pytest.raises(ConfigError, match="Smoothed.value"):
+        Smoothed(value="mean")

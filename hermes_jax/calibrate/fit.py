@@ -187,7 +187,7 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
                    names: list[str], *, bounds: Mapping[str, Bound] | None = None,
                    priors: Mapping[str, Prior] | None = None, loss=None, steps: int = 300,
                    learning_rate: float = 0.05, polish_steps: int = 60, unidentified_sd: float = 0.5,
-                   bootstrap: int = 0, seed: int = 0, train=None, measured=None,
+                   bootstrap: int = 0, seed: int = 0, train=None, measured=None, residual_sd=None,
                    progress: Callable[[str], None] | None = None) -> FitResult:
     """Fit the log values of ``names``; ``predict(params)`` returns (pred, meas) arrays (meas may be a
     constant). ``train`` (boolean per row) fits on those rows only; predictions at the start and the
@@ -251,6 +251,11 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
 
     jac_fn = _compiled_jacobian(predict, params, tuple(names), lo, hi, unflat)
     dres_fn, psi_fn = _loss_derivatives(loss)
+    noise = None
+    if residual_sd is not None:
+        noise = np.asarray(residual_sd, np.float64)
+        if not np.all(np.isfinite(noise)) or np.any(noise <= 0):
+            raise ConfigError(f"residual_sd must be finite and > 0 for every row, got {noise}")
 
     def evaluate(z):
         jac, (pred, meas) = jac_fn(jnp.asarray(z, dtype))
@@ -258,6 +263,8 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
         meas = np.broadcast_to(np.asarray(meas if measured is None else measured, np.float64), pred.shape)
         r = np.asarray(loss.residual(pred, meas), np.float64)
         dr = np.asarray(dres_fn(jnp.asarray(pred), jnp.asarray(meas)), np.float64)
+        if noise is not None:   # residuals in units of their noise
+            r, dr = r / np.broadcast_to(noise, r.shape), dr / np.broadcast_to(noise, dr.shape)
         with np.errstate(invalid="ignore", over="ignore"):   # non-finite rows are handled by the callers
             return r, dr[:, None] * np.asarray(jac, np.float64).reshape(pred.size, -1), pred
 
@@ -275,7 +282,7 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
         result = fit_parameters(predict, params, [n for n in names if n not in unused], bounds=bounds, priors=priors,
                                 loss=loss, steps=steps, learning_rate=learning_rate, polish_steps=polish_steps,
                                 unidentified_sd=unidentified_sd, bootstrap=bootstrap, seed=seed, train=train,
-                                measured=measured, progress=progress)
+                                measured=measured, residual_sd=residual_sd, progress=progress)
         result.unused = unused
         result.warnings += [f"{n}: no fitted row's prediction changes with it at the start values (a kernel "
                             "path or bound the data never reach); not fitted, kept at its start value "
@@ -287,7 +294,8 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
         raise ConfigError(f"{int(bad.sum())} of {n_rows} fitted rows give no finite residual at the start (first: "
                           f"row {int(np.flatnonzero(bad)[0])}, predicted {pred0[bad][0]!r}); measurements and "
                           "predictions must be finite and > 0")
-    prior_scale = 0.05 ** 2 / n_rows  # the prior on the scale of a sum of squared log errors at the loss's scale
+    # the prior on the scale of a sum of squared log errors at the loss's scale (in noise units: 1)
+    prior_scale = (0.05 ** 2 if noise is None else 1.0) / n_rows
 
     def rho(r):
         return np.asarray(loss.rho(jnp.asarray(r)), np.float64)
@@ -368,7 +376,7 @@ def fit_parameters(predict: Callable[[HardwareParams], tuple[jax.Array, jax.Arra
     jac = jac_z[mask] / np.where(dtheta > 1e-300, dtheta, np.inf)
     r = r_all[mask]
     dof = max(n_rows - flat.size, 1)
-    s2 = max(float(r @ r) / dof, 1e-12)
+    s2 = max(float(r @ r) / dof, 1e-12 if noise is None else 1.0)
     # A parameter at its bound is fixed by the bound, not the data: it leaves the information matrix.
     free = np.array([labels[j] not in at_bound for j in range(flat.size)])
     info = jac[:, free].T @ jac[:, free] / s2 + np.diag(prior_prec[free])

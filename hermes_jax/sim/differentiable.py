@@ -137,8 +137,13 @@ def _summaries(st: _Static, log: dict, data: _Data) -> dict:
 
 @partial(jax.jit, static_argnums=0)
 def _metrics(st: _Static, log: dict, data: _Data) -> dict:
-    """One compile per static configuration and request bucket; workload and parameters are arguments."""
-    return st.estimator.differentiate(partial(_summaries, st), partial(_summaries, _guarded(st)))(log, data)
+    """One compile per static configuration and request bucket; workload and parameters are arguments.
+    The plain value always: a smoothed value (``Smoothed(value="smoothed")``) is defined over the
+    variables only, which ``scaled`` has as its whole input and this function does not."""
+    estimator = st.estimator
+    if isinstance(estimator, Smoothed) and estimator.value != "plain":
+        estimator = replace(estimator, value="plain")
+    return estimator.differentiate(partial(_summaries, st), partial(_summaries, _guarded(st)))(log, data)
 
 
 def _scaled_summaries(st: _Static, names: tuple, shift: dict, base: dict, data: _Data) -> dict:

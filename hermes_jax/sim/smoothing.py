@@ -58,12 +58,18 @@ class Smoothed:
     ``pairs``: antithetic pairs of runs per gradient (0: one per direction and scale, i.e.
     P * len(scales) for coordinates); more pairs, less jitter. ``max_parameters`` guards against a
     gradient over every hardware entry at once (differentiate a subset: ``DifferentiableSim.function``).
+    ``value``: ``"plain"`` returns the simulation at theta as the function's value; ``"smoothed"``
+    the mean over the lanes, the function whose slope the estimator measures, with and without
+    derivatives (for fits that must not stop in the dips decision flips leave in the plain value; its
+    gap: ``smoothing_gap``). It smooths over every input entry, so use it where the input is just the
+    variables (``DifferentiableSim.scaled``).
     """
 
     scales: tuple[float, ...] = (0.03, 0.06, 0.1)
     pairs: int = 0
     directions: str = "coordinate"
     max_parameters: int = 32
+    value: str = "plain"
     name: ClassVar[str] = "smoothed"
 
     def __post_init__(self):
@@ -71,6 +77,8 @@ class Smoothed:
             raise ConfigError(f"Smoothed.scales: log-shifts must lie in (0, 1), got {self.scales}")
         if self.directions not in ("coordinate", "hadamard"):
             raise ConfigError(f"Smoothed.directions: 'coordinate' or 'hadamard', got {self.directions!r}")
+        if self.value not in ("plain", "smoothed"):
+            raise ConfigError(f"Smoothed.value: 'plain' or 'smoothed', got {self.value!r}")
         if self.pairs < 0:
             raise ConfigError(f"Smoothed.pairs: must be >= 0 (0: automatic), got {self.pairs}")
 
@@ -99,12 +107,21 @@ class Smoothed:
 
         @jax.custom_jvp
         def f(log, *data):
-            return forward(log, *data)
+            if estimator.value == "plain":
+                return forward(log, *data)
+            keys = sorted(log)   # the smoothed value: over every entry, as the JVP's (checked there)
+            shifts = estimator.design(sum(int(np.size(log[k])) for k in keys))
+            runs = _lane_runs(lanes_forward, log, keys, _lanes(shifts), data)
+            return jax.tree_util.tree_map(lambda v: v.mean(0), runs)
 
         def _jvp(primals, tangents):
             log, data = primals[0], primals[1:]
             tan = tangents[0]
             keys = [k for k in sorted(log) if not isinstance(tan[k], SymbolicZero)]
+            if estimator.value == "smoothed" and keys != sorted(log):
+                raise ConfigError("Smoothed(value='smoothed') smooths over every input, so all of them must be "
+                                  f"differentiated (here only {keys} of {sorted(log)}): use "
+                                  "DifferentiableSim.scaled(names), whose input is just the fitted multipliers")
             sizes = [int(np.size(log[k])) for k in keys]
             p = sum(sizes)
             if p == 0:
@@ -118,7 +135,7 @@ class Smoothed:
             # least squares on the half differences; pinv of the static design is computed on the host
             solve = jnp.asarray(np.linalg.pinv(shifts), dtype)               # (P, R)
             t = jnp.concatenate([jnp.ravel(tan[k]).astype(dtype) for k in keys])
-            primal = jax.tree_util.tree_map(lambda v: v[0], runs)
+            primal = jax.tree_util.tree_map(lambda v: v[0] if estimator.value == "plain" else v.mean(0), runs)
 
             def slope(v):
                 half = (v[1:R + 1] - v[R + 1:]).astype(dtype) / 2
