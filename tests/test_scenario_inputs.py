@@ -133,3 +133,32 @@ def test_closed_loop_refuses_max_requests(tmp_path):
                                                 "users = 3\nthink_time_s = 1.0\nmax_requests = 5")
     with pytest.raises(ConfigError, match="max_requests: not allowed with users"):
         load_scenario(write(tmp_path, "m.toml", text))
+
+
+def test_a_trace_too_large_for_the_memory_budget_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """The size check runs on the file's size alone (nothing parsed: the reader is never called), names
+    the file and the setting; the per-format bounds stay above the parse peaks of real traces."""
+    import tracemalloc
+    from pathlib import Path
+
+    from hermes_jax.sim import workload
+
+    path = write(tmp_path, "t.csv", GOOD_CSV * 1)
+    calls = []
+    monkeypatch.setattr(workload, "_read_trace", lambda *a: calls.append(a))
+    with pytest.raises(ConfigError, match=r"t.csv: a 0.00 GB csv trace needs .* memory_budget_gb = 1e-07"):
+        load_scenario(DEFAULT_SCENARIO, [f'client.chat.trace={{path="{path}",format="csv"}}',
+                                         "simulation.memory_budget_gb=1e-7"])
+    assert not calls
+    monkeypatch.undo()
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    for fmt, trace in (("azure", shared / "azure_llm_2023" / "AzureLLMInferenceTrace_conv.csv"),
+                       ("mooncake", shared / "mooncake_fast25" / "conversation_trace.jsonl")):
+        size = trace.stat().st_size
+        tracemalloc.start()
+        try:
+            workload._read_trace.__wrapped__(str(trace), fmt, 0, size)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < workload.PARSE_BYTES_PER_FILE_BYTE[fmt] * size, (fmt, peak / size)

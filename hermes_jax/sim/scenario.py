@@ -90,14 +90,14 @@ MAX_AUTO_STEPS = 50_000     # at most 50,000 steps,
 CLOSED_LOOP_DT_S = 2.0**-8   # and ~4 ms with closed-loop users
 
 
-def client_rate(client: "Client", horizon_s: float) -> float:
+def client_rate(client: "Client", horizon_s: float, budget_gb: float | None = None) -> float:
     """Arrivals per second of one client averaged over the horizon (``max_requests`` counted;
     closed loop: users / think time, an upper bound)."""
     if client.users:
         return client.users / max(client.think_time_s, 1e-9)
     if client.trace and "arrival" not in client.trace:
         from .workload import read_trace   # the workload reads it again from the same cache
-        times = read_trace(client.trace["path"], client.trace["format"]).arrival_s.to_numpy()
+        times = read_trace(client.trace["path"], client.trace["format"], budget_gb).arrival_s.to_numpy()
         start, end = client.trace.get("start_s", 0.0), client.trace.get("end_s", math.inf)
         times = (times[(times >= start) & (times < end)] - start) / client.trace.get("rate_scale", 1.0)
         count = int((times < horizon_s).sum())
@@ -114,7 +114,7 @@ def auto_time_step(sim: "Simulation", engines, clients) -> tuple[float, str]:
     with events, not with horizon / dt), within [horizon / MAX_AUTO_STEPS, min(horizon /
     MIN_TIMESERIES_POINTS, MAX_AUTO_DT_S)], a power of two. Closed-loop users send their next
     request in a later step than the reply, so they keep a short step."""
-    rate = sum(client_rate(c, sim.horizon_s) for c in clients)
+    rate = sum(client_rate(c, sim.horizon_s, sim.memory_budget_gb) for c in clients)
     horizon = sim.horizon_s
     high = min(horizon / MIN_TIMESERIES_POINTS, MAX_AUTO_DT_S)
     low = max(horizon / MAX_AUTO_STEPS, 2.0**-12)
