@@ -56,20 +56,10 @@ def scenario_for(overrides, rate, seed):
                                                  *overrides])
 
 
-def frame_summaries(df, bandwidth=0.02, temperature=0.1) -> dict:
-    """The DifferentiableSim metric definitions on a Results.requests frame."""
-    import jax.numpy as jnp
-    from hermes_jax.sim.differentiable import soft_quantile
-    done = (df.status == "finished").to_numpy()
-    out = {}
-    for name in ("ttft", "tpot", "e2e"):
-        v = np.nan_to_num(df[f"{name}_s"].to_numpy(float))
-        out[f"{name}_mean_s"] = float(v[done].mean()) if done.any() else 0.0
-        out[f"{name}_p90_s"] = float(soft_quantile(jnp.asarray(v), jnp.asarray(done), 0.9, bandwidth))
-    finish = df.finish_s.to_numpy(float)[done]
-    makespan = temperature * np.logaddexp.reduce(finish / temperature) if done.any() else 1.0
-    out["throughput_tokens_s"] = float(df.output_tokens.to_numpy()[done].sum() / makespan)
-    return out
+def frame_summaries(df) -> dict:
+    """The DifferentiableSim metric definitions on a Results.requests frame (the library's)."""
+    from hermes_jax.sim.differentiable import frame_summaries as summaries
+    return summaries(df)
 
 
 def reference_run(job):

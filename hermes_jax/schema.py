@@ -102,3 +102,25 @@ class Distribution:
         if kind == "uniform" and values["low"] > values["high"]:
             raise where.error("client", index, name, f"{key}.low", f"must be <= high ({values['high']})")
         return Distribution(kind, **values)
+
+
+def hardware_overrides(where: Where, table: str, index: int, name: str, data: dict) -> dict:
+    """``data["hardware_overrides"]`` checked: a table of known hardware parameters, finite numbers
+    >= 0 (or lists of them for vector fields), > 0 for rates, sizes and efficiencies."""
+    from .hardware.params import FIELDS, POSITIVE_FIELDS   # lazy: schema stays free of JAX
+    overrides = data.get("hardware_overrides", {})
+    if not isinstance(overrides, dict):
+        raise where.error(table, index, name, "hardware_overrides", "expected a table, e.g. { hbm_bandwidth = 4e12 }")
+    for key, value in overrides.items():
+        field_name = f"hardware_overrides.{key}"
+        if key not in FIELDS:
+            raise where.error(table, index, name, field_name, f"unknown hardware parameter; known: {', '.join(FIELDS)}")
+        values = value if isinstance(value, list) else [value]
+        unit = FIELDS[key][1]
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise where.error(table, index, name, field_name, f"must be a finite number >= 0 ({unit}), got {value!r}")
+            if v == 0 and key in POSITIVE_FIELDS:
+                raise where.error(table, index, name, field_name, f"must be > 0 ({unit}): with 0 every operation "
+                                  f"that needs it would take forever, got {value!r}")
+    return dict(overrides)

@@ -245,3 +245,43 @@ def test_utilization_energy_and_cost_add_up(scenario, runs):
     assert total["energy_j"] == pytest.approx(sum(v["energy_j"] for v in usage.values()))
     assert total["j_per_token"] == pytest.approx(total["energy_j"] / df.generated.sum())
     assert total["usd_per_mtok"] * total["tokens_per_usd"] == pytest.approx(1e6)
+
+
+def test_resource_hardware_overrides_reach_the_stations_and_bad_ones_name_the_field(scenario, tmp_path):
+    search = next(r for r in scenario.resources if r.name == "search-cpu")
+    base = float(resource_params(search).cpu_core_flops)
+    slower = dataclasses.replace(search, hardware_overrides=(("cpu_core_flops", base / 4),))
+    assert float(resource_params(slower).cpu_core_flops) == pytest.approx(base / 4)
+    bad = RAG_KV.read_text().replace('cores = 24', 'cores = 24\nhardware_overrides = { cpu_core_flops = 0 }')
+    path = tmp_path / "bad.toml"
+    path.write_text(bad)
+    with pytest.raises(ConfigError, match=r"search-cpu.*hardware_overrides.cpu_core_flops.*must be > 0"):
+        load_scenario(path)
+
+
+def test_pipeline_slopes_are_the_least_squares_slope_of_their_runs(scenario):
+    """smoothed_slopes on the exact reference, one knob, one scale: the central difference of two
+    runs at +-0.05 (the same workload), and of the physical sign (more search FLOP/s, earlier RAG
+    answers; more HBM bandwidth, shorter end to end)."""
+    from hermes_jax.pipeline.slopes import Knob, smoothed_slopes
+    from hermes_jax.sim.differentiable import frame_summaries
+    from hermes_jax.sim.simulate import simulate
+    from hermes_jax.sim.smoothing import Smoothed
+    from hermes_jax.sim.workload import build_workload
+
+    workload = build_workload(scenario)
+    knob = Knob("resource", "search-cpu", "cpu_core_flops")
+    got = smoothed_slopes(scenario, [knob], Smoothed(scales=(0.05,)), workload, reference=True)
+    assert got.runs == 3
+    up, down = (frame_summaries(simulate(knob.scaled(scenario, d), workload, reference=True).requests)
+                for d in (0.05, -0.05))
+    for metric in ("ttft_mean_s", "e2e_mean_s"):
+        assert got.slopes[metric][knob.label] == pytest.approx((up[metric] - down[metric]) / 0.1, rel=1e-9)
+    assert got.slopes["ttft_mean_s"][knob.label] < 0
+    both = smoothed_slopes(scenario, [knob, Knob("engine", "llm", "hbm_bandwidth")], Smoothed(scales=(0.05,)),
+                           workload, reference=True)
+    assert both.slopes["e2e_mean_s"]["engine.llm.hbm_bandwidth"] < 0
+    with pytest.raises(ConfigError, match="no resource 'gpu-pool'"):
+        Knob("resource", "gpu-pool", "peak_flops").value(scenario)
+    with pytest.raises(ConfigError, match="index 7 outside"):
+        Knob("resource", "cxl", "tier_bandwidth", 7)

@@ -47,6 +47,7 @@ def resource_params(resource: Resource, dtype=None):
         entry = default_catalog().get("link", resource.link, f"resource {resource.name}")
         overrides["inter_link_bandwidth"] = resource.bandwidth_gbps * 1e9 / 8 if resource.bandwidth_gbps else entry["bandwidth"]
         overrides["inter_link_latency"] = resource.latency_s if resource.latency_s >= 0 else entry["latency"]
+    overrides.update({k: list(v) if isinstance(v, tuple) else v for k, v in resource.hardware_overrides})
     return get_hardware(resource.hardware, dtype=dtype, **overrides).params
 
 

@@ -14,6 +14,7 @@ kinds live in ``pipeline.stages``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..errors import ConfigError
@@ -33,21 +34,30 @@ class Resource:
     link: str = ""             # link: catalog link name
     bandwidth_gbps: float = 0.0   # link: Gb/s override (0: the catalog's)
     latency_s: float = -1.0    # link: per-transfer latency override (-1: the catalog's)
+    hardware_overrides: tuple = ()   # (parameter, value) pairs over the node's catalog values (sorted)
 
     @staticmethod
     def parse(data: dict, index: int, where) -> "Resource":
-        from ..schema import check_keys as _check_keys, choice as _choice, positive as _positive
+        from ..schema import check_keys as _check_keys, choice as _choice, hardware_overrides
         name = data.get("name", "")
         if not isinstance(name, str) or not name:
             raise where.error("resource", index, "", "name", "required (a non-empty string)")
         kind = _choice(where, "resource", index, name, data, "kind", RESOURCE_KINDS)
-        allowed = {"name", "kind", "hardware"} | {
+        allowed = {"name", "kind", "hardware", "hardware_overrides"} | {
             "cpu": {"cores"}, "accelerator": {"devices"}, "tier": {"tier"},
             "link": {"link", "bandwidth_gbps", "latency_s"}}[kind]
         _check_keys(where, "resource", index, name, data, allowed)
         hardware = data.get("hardware", "h100-sxm")
         if not isinstance(hardware, str):
             raise where.error("resource", index, name, "hardware", "must be a catalog node name, e.g. \"h100-sxm\"")
+        overrides = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                                 for k, v in hardware_overrides(where, "resource", index, name, data).items()))
+        return dataclasses.replace(Resource._parse_kind(data, index, where, name, kind, hardware),
+                                   hardware_overrides=overrides)
+
+    @staticmethod
+    def _parse_kind(data: dict, index: int, where, name: str, kind: str, hardware: str) -> "Resource":
+        from ..schema import choice as _choice, positive as _positive
         if kind == "cpu":
             return Resource(name, kind, hardware, cores=_positive(where, "resource", index, name, data, "cores", 0,
                                                                     integer=True, allow_zero=True))

@@ -167,6 +167,24 @@ def _scaled_batch(st: _Static, names: tuple, xs, base: dict, data: _Data) -> dic
     return jax.vmap(lambda x: _scaled_summaries(lanes, names, {"x": x}, base, data))(xs)
 
 
+def frame_summaries(df, bandwidth: float = 0.02, temperature_s: float = 0.1) -> dict[str, float]:
+    """The latency and throughput summaries of ``DifferentiableSim`` (same definitions: means and
+    kernel-smoothed quantiles over finished requests, output tokens over a log-sum-exp makespan) on a
+    ``Results.requests`` frame, so runs of any simulator (the exact reference, pipelines) compare."""
+    done = (df.status == "finished").to_numpy()
+    out = {}
+    for name in ("ttft", "tpot", "e2e"):
+        v = np.nan_to_num(df[f"{name}_s"].to_numpy(float))
+        out[f"{name}_mean_s"] = float(v[done].mean()) if done.any() else 0.0
+        for q in (0.5, 0.9):
+            out[f"{name}_p{round(q * 100)}_s"] = float(soft_quantile(jnp.asarray(v), jnp.asarray(done), q, bandwidth))
+    finish = df.finish_s.to_numpy(float)[done]
+    makespan = temperature_s * np.logaddexp.reduce(finish / temperature_s) if done.any() else 1.0
+    out["throughput_tokens_s"] = float(df.output_tokens.to_numpy()[done].sum() / makespan)
+    out["finished"] = float(done.sum())
+    return out
+
+
 class DifferentiableSim:
     """One engine group of a scenario as a function of its hardware parameters (shared by replicas).
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..schema import LENGTHS, Distribution, Where as _Where, check_keys as _check_keys, choice as _choice
-from ..schema import positive as _positive
+from ..schema import hardware_overrides as _hardware_overrides, positive as _positive
 from ..tomlio import load_toml, tomllib
 
 SCHEDULERS = ("static", "continuous", "chunked")
@@ -205,11 +205,7 @@ class Engine:
         fraction = _positive(where, "engine", index, name, data, "kv_fraction", 0.9)
         if fraction > 1:
             raise where.error("engine", index, name, "kv_fraction", f"must be in (0, 1], got {fraction}")
-        overrides = data.get("hardware_overrides", {})
-        if not isinstance(overrides, dict):
-            raise where.error("engine", index, name, "hardware_overrides", "expected a table, e.g. "
-                              "{ hbm_bandwidth = 4e12 }")
-        _check_hardware_overrides(where, index, name, overrides)
+        overrides = _hardware_overrides(where, "engine", index, name, data)
         return Engine(name=name, model=data["model"], hardware=hardware, dtype=data.get("dtype", "bf16"),
                       kv_dtype=data.get("kv_dtype", ""), **ints, kv_fraction=fraction,
                       activation_reserve_gb=_positive(where, "engine", index, name, data, "activation_reserve_gb", 2.0,
@@ -219,25 +215,8 @@ class Engine:
                       swap_space_gb=_positive(where, "engine", index, name, data, "swap_space_gb", 4.0),
                       router=_choice(where, "engine", index, name, data, "router", ROUTERS, "round_robin"),
                       queue_order=_choice(where, "engine", index, name, data, "queue_order", QUEUE_ORDERS, "fcfs"),
-                      hardware_overrides=dict(data.get("hardware_overrides", {})), stack=stack,
+                      hardware_overrides=overrides, stack=stack,
                       kv_from_stack=kv_from_stack)
-
-
-def _check_hardware_overrides(where: _Where, index: int, name: str, overrides: dict) -> None:
-    """Known fields, finite non-negative numbers, and > 0 for rates, sizes and efficiencies."""
-    from ..hardware.params import FIELDS, POSITIVE_FIELDS
-    for key, value in overrides.items():
-        field_name = f"hardware_overrides.{key}"
-        if key not in FIELDS:
-            raise where.error("engine", index, name, field_name, f"unknown hardware parameter; known: {', '.join(FIELDS)}")
-        values = value if isinstance(value, list) else [value]
-        unit = FIELDS[key][1]
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise where.error("engine", index, name, field_name, f"must be a finite number >= 0 ({unit}), got {value!r}")
-            if v == 0 and key in POSITIVE_FIELDS:
-                raise where.error("engine", index, name, field_name, f"must be > 0 ({unit}): with 0 every operation "
-                                  f"that needs it would take forever, got {value!r}")
 
 
 @dataclass(frozen=True)
