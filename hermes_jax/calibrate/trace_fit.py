@@ -113,9 +113,10 @@ class TraceCalibration:
         err = self.errors()
         md = [f"# Trace fit: {self.stack or 'catalog values'} on {self.device} ({date})", "",
               f"{self.source}: {self.requests} requests; finished {self.finished_before} with the start values, "
-              f"{self.finished_after} with the fit.", "", "| summary | measured (s) | before | after |", "|---|---|---|---|"]
-        md += [f"| {r.metric} | {r.measured:.4g} | {r.error_before_pct:+.1f}% | {r.error_after_pct:+.1f}% |"
-               for r in err.itertuples()]
+              f"{self.finished_after} with the fit.", "", "| summary | measured (s) | before | after | replay jitter (weight 1/jitter) |",
+              "|---|---|---|---|---|"]
+        md += [f"| {r.metric} | {r.measured:.4g} | {r.error_before_pct:+.1f}% | {r.error_after_pct:+.1f}% | "
+               f"{r.noise_pct:.3g}% |" for r in err.itertuples()]
         md += [""] + parameter_lines(self.fit)
         prov = {"summary": f"fitted to the latency summaries of {self.requests} requests of {self.source} on {date}",
                 "fitted": ", ".join(self.fit.names), "warnings": " | ".join(self.fit.warnings) or "none"}
