@@ -1,12 +1,12 @@
 """Trace-fit recovery: can a fit through the simulator find known parameters from a request trace?
 
-    python calibration/trace_recovery.py      # about 2 min on 2 cores
+    python calibration/trace_recovery.py      # about 3 min on 2 cores
 
 For utilisations 0.3, 0.5 and 0.8 of the engine's saturated throughput: simulate a Poisson stream of
 chat requests (Llama-3.1-8B on one H100, vLLM stack) with two parameters moved away from the
 shipped values (host overhead x1.6, memory efficiency x0.85), write it as a request trace, then fit
 those two parameters back from the shipped values with ``calibrate.trace_fit.calibrate_trace``
-(noise-weighted summaries of the replay smoothed over log-shifts, its defaults) and report the
+(noise-weighted summaries of the replay smoothed over log-shifts, three starts: its defaults) and report the
 recovery error and whether the 90% interval covers the truth. The simulator that made the trace is the
 one that fits it, so this measures the fit and its gradients, not the model: the model's error
 against real engines is what ``fit_stacks.py`` reports. Writes ``results/trace_recovery.md``.

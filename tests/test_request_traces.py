@@ -207,3 +207,28 @@ def test_known_residual_noise_weights_rows_and_bounds_the_intervals():
     assert float(noisy.value("memory_efficiency")) == pytest.approx(0.7, rel=1e-3)
     with pytest.raises(ConfigError, match="residual_sd"):
         fit_parameters(predict, hw.params, ["memory_efficiency"], residual_sd=np.zeros(6))
+
+
+def test_fits_equally_good_within_the_noise_widen_the_interval_and_are_named():
+    """calibrate_trace keeps the best of several starts; others within the chi-square noise band of it
+    are as plausible, so the interval spans them and a warning names the parameter."""
+    from hermes_jax import get_hardware
+    from hermes_jax.calibrate.fit import FitResult
+    from hermes_jax.calibrate.trace_fit import _merge_equivalent_fits
+
+    params = get_hardware("h100-sxm").params
+
+    def fit(value, loss, half_width=0.02):
+        p = params.replace(host_overhead_s=value)
+        iv = {"host_overhead_s": (np.array(value * (1 - half_width)), np.array(value * (1 + half_width)))}
+        return FitResult(p, ["host_overhead_s"], {"host_overhead_s": np.log(value)}, {"host_overhead_s": 0.01}, iv,
+                         [], [], loss, 0.0, 10)
+
+    best, near, far = fit(5e-4, 0.10), fit(7e-4, 0.15), fit(9e-4, 5.0)   # 10 rows: chi2 2.0, 3.0, 100
+    _merge_equivalent_fits(best, [best, near, far], rows=10)
+    lo, hi = best.interval90["host_overhead_s"]
+    assert float(lo) == pytest.approx(4.9e-4) and float(hi) == pytest.approx(7.14e-4)   # spans near, not far
+    assert any("host_overhead_s: fits from 2 starts" in w for w in best.warnings)
+    alone = fit(5e-4, 0.10)
+    _merge_equivalent_fits(alone, [alone, far], rows=10)
+    assert float(alone.interval90["host_overhead_s"][1]) == pytest.approx(5.1e-4) and not alone.warnings

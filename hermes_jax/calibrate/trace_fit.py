@@ -44,6 +44,7 @@ from .traces import RequestTrace
 TRACE_METRICS = ("ttft_mean_s", "ttft_p50_s", "ttft_p90_s", "tpot_mean_s", "tpot_p10_s", "tpot_p50_s", "tpot_p90_s",
                  "e2e_mean_s", "e2e_p50_s", "e2e_p90_s")
 NOISE_RUNS, NOISE_WIDTH, NOISE_FLOOR = 24, 0.02, 1e-4   # log-shifts probing each summary's jitter, its floor
+CHI2_90 = (2.71, 4.61, 6.25, 7.78, 9.24, 10.64)          # 90% quantiles of chi-square with 1..6 degrees of freedom
 
 
 def trace_workload(trace: RequestTrace) -> Workload:
@@ -72,6 +73,41 @@ def summary_noise(sim: DifferentiableSim, names: Sequence[str], runs: int = NOIS
     coef, *_ = np.linalg.lstsq(design, logs, rcond=None)
     scatter = logs - design @ coef
     return np.maximum(np.sqrt((scatter ** 2).sum(0) / max(runs - design.shape[1], 1)), floor)
+
+
+def screened_starts(sim: DifferentiableSim, names: Sequence[str], measured: np.ndarray, noise: np.ndarray, keep: int,
+                    candidates: int = 32, spread: float = 0.5, seed: int = 0) -> list[np.ndarray]:
+    """The ``keep`` log-shifts of ``names`` (from ``sim.params``) whose replays are closest to
+    ``measured`` in units of ``noise``, among ``candidates`` uniform in +-``spread`` e-folds (one
+    vmapped forward call); the replay is jagged at the noise scale, so a local fit from one start
+    stops in the dip nearest to it."""
+    shifts = np.random.default_rng(seed).uniform(-spread, spread, (candidates, len(names)))
+    out = sim.scaled_batch(names)(jnp.asarray(shifts, sim.params.log[names[0]].dtype))
+    pred = np.stack([np.asarray(out[k], np.float64) for k in TRACE_METRICS], axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        chi2 = np.nan_to_num((((np.log(pred) - np.log(measured)) / noise) ** 2).sum(1), nan=np.inf)
+    return [shifts[i] for i in np.argsort(chi2)[:keep]]
+
+
+def _merge_equivalent_fits(best: FitResult, fits: list[FitResult], rows: int) -> None:
+    """Fits from other starts that match the summaries as well as the best one within the noise
+    (chi-square in noise units within CHI2_90[P] of the best's) are as plausible: the interval of each
+    parameter becomes the envelope of theirs, and a parameter they place apart is named."""
+    p = len(best.names)
+    chi2 = {id(f): 2 * rows * f.loss for f in fits}   # loss = mean of r^2 / 2 over the rows, r in noise units
+    limit = chi2[id(best)] + CHI2_90[min(p, len(CHI2_90)) - 1]
+    equivalent = [f for f in fits if chi2[id(f)] <= limit]
+    if len(equivalent) < 2:
+        return
+    for n in best.names:
+        lo = np.min([f.interval90[n][0] for f in equivalent], axis=0)
+        hi = np.max([f.interval90[n][1] for f in equivalent], axis=0)
+        values = [float(np.ravel(f.value(n))[0]) for f in equivalent]
+        best.interval90[n] = (lo, hi)
+        if max(values) > 1.05 * min(values):
+            best.warnings.append(f"{n}: fits from {len(equivalent)} starts match the summaries equally well within "
+                                 f"their noise at {min(values):.4g} .. {max(values):.4g}; the data do not pin it "
+                                 "closer (the interval spans them)")
 
 
 def measured_summaries(trace: RequestTrace, bandwidth: float = 0.02) -> np.ndarray:
@@ -130,9 +166,11 @@ class TraceCalibration:
 def calibrate_trace(trace: RequestTrace, engine: Mapping, names: Sequence[str], *, dt_s: float = 0.01,
                     horizon_s: float | None = None, estimator=None, bounds: Mapping[str, Bound] | None = None,
                     priors: Mapping[str, Prior] | None = None, loss=None, steps: int = 0, polish_steps: int = 60,
-                    progress: Callable[[str], None] | None = None) -> TraceCalibration:
+                    extra_starts: int = 2, progress: Callable[[str], None] | None = None) -> TraceCalibration:
     """Fit ``names`` of the engine (an ``[[engine]]`` table: model, hardware, stack, tp, batch
     limits, ...) so that simulated latency summaries of the trace's requests match the measured ones.
+    ``extra_starts`` screened starts (``screened_starts``) are fitted besides the engine's values;
+    the best fit is kept, with the interval widened over equally good ones (``_merge_equivalent_fits``).
     ``estimator`` defaults to ``Smoothed(value="smoothed")``: the fitted value is the replay averaged
     over the estimator's log-shifts, whose dips at the noise scale are smoothed out (a fit of the
     plain replay stopped in one, 49% off the truth). ``steps`` Adam steps (default none: each is a
@@ -169,8 +207,17 @@ def calibrate_trace(trace: RequestTrace, engine: Mapping, names: Sequence[str], 
     def predict(params):
         return summaries(params)[0], measured
 
-    result = fit_parameters(predict, sim.params, list(names), bounds=bounds, priors=priors, loss=loss or LogSquared(),
-                            steps=steps, polish_steps=polish_steps, residual_sd=noise, progress=progress)
+    starts = [sim.params]
+    if extra_starts:
+        starts += [base.replace(**{n: np.exp(np.asarray(base.log[n], np.float64) + d) for n, d in zip(names, shift)})
+                   for shift in screened_starts(sim, names, measured, noise, extra_starts)]
+    fits = [fit_parameters(predict, start, list(names), bounds=bounds, priors=priors, loss=loss or LogSquared(),
+                           steps=steps, polish_steps=polish_steps, residual_sd=noise, progress=progress)
+            for start in starts]
+    result = min(fits, key=lambda f: f.loss)
+    _merge_equivalent_fits(result, fits, len(measured))
+    before, _ = summaries(sim.params)
+    result.predicted_start = np.asarray(before, np.float64)
     finished = [int(sim.metrics(p)["finished"]) for p in (sim.params, result.params)]   # plain counts
     n = len(workload)
     for label, k in zip(("start", "fit"), finished):
