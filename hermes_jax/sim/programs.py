@@ -8,7 +8,8 @@ dtypes of its other arguments, the source of hermes_jax, and JAX's version, back
 A hit loads the serialized executable (``jax.experimental.serialize_executable``) in about 0.1 s.
 
 Assumption: a static argument's repr names all of its content (true of the frozen dataclasses and
-NamedTuples used as static configuration; a repr holding an object address is never stored).
+NamedTuples used as static configuration; a repr holding an object address or a summarised array
+is never stored).
 Off until ``keep_in`` names a directory (``cache.enable_compilation_cache`` does, for the command
 line); a stored program that fails to load is removed and compiled again, never trusted.
 """
@@ -58,7 +59,7 @@ def _key(fn, static: tuple, dynamic: tuple) -> str | None:
     import jax
 
     text = repr(static)
-    if " at 0x" in text:
+    if " at 0x" in text or "..." in text:   # an object address, or an array repr NumPy summarised
         return None
     leaves, tree = jax.tree_util.tree_flatten(dynamic)
     avals = []
