@@ -4,7 +4,8 @@ JAX's persistent compilation cache keys a program by its lowered module: a hit s
 Python function and lowers it (about half a second for the simulator's segment program on a
 2-core machine) before it loads the executable. Here a program is keyed by everything that decides
 that module before tracing: the function, the repr of its static arguments, the tree, shapes and
-dtypes of its other arguments, the source of hermes_jax, and JAX's version, backend and x64 flag.
+dtypes of its other arguments, the source of hermes_jax, JAX's version, backend and x64 flag, and
+``XLA_FLAGS``.
 A hit loads the serialized executable (``jax.experimental.serialize_executable``) in about 0.1 s.
 
 Assumption: a static argument's repr names all of its content (true of the frozen dataclasses and
@@ -69,7 +70,8 @@ def _key(fn, static: tuple, dynamic: tuple) -> str | None:
     device = jax.devices()[0]
     parts = (getattr(fn, "__module__", ""), getattr(fn, "__qualname__", repr(fn)), text, str(tree), ",".join(avals),
              source_digest(), jax.__version__, getattr(jax.lib, "__version__", ""), device.platform,
-             getattr(device, "device_kind", ""), str(jax.config.jax_enable_x64), sys.version.split()[0])
+             getattr(device, "device_kind", ""), str(jax.config.jax_enable_x64), sys.version.split()[0],
+             os.environ.get("XLA_FLAGS", ""))   # compiler options travel with the executable
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
