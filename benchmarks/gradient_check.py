@@ -56,16 +56,11 @@ def scenario_for(overrides, rate, seed):
                                                  *overrides])
 
 
-def frame_summaries(df) -> dict:
-    """The DifferentiableSim metric definitions on a Results.requests frame (the library's)."""
-    from hermes_jax.sim.differentiable import frame_summaries as summaries
-    return summaries(df)
-
-
 def reference_run(job):
     """Metrics of the exact reference for one (case, rate, seed, parameter, shift)."""
     overrides, rate, seed, name, shift = job
     from hermes_jax.sim.build import build_group
+    from hermes_jax.sim.differentiable import frame_summaries
     from hermes_jax.sim.reference import simulate_reference
     sc = scenario_for(overrides, rate, seed)
     entry = sc.engines[0]

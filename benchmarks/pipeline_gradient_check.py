@@ -56,7 +56,9 @@ def true_slopes(load: float, seed: int) -> dict:
     workload = build_workload(sc)
     out = {m: {} for m in METRICS}
     for knob in KNOBS:
-        values = [frame_summaries(simulate(knob.scaled(sc, d), workload, reference=True).requests) for d in SHIFTS]
+        base = knob.value(sc)
+        values = [frame_summaries(simulate(knob.scaled(sc, d, base), workload, reference=True).requests)
+                  for d in SHIFTS]
         x = np.asarray(SHIFTS)
         for m in METRICS:
             y = np.array([v[m] for v in values])

@@ -67,12 +67,20 @@ def summary_noise(sim: DifferentiableSim, names: Sequence[str], runs: int = NOIS
     the residual scatter of ``runs`` forward runs at uniform log-shifts of ``names`` within
     +-``width`` about a linear fit in the shifts (common random numbers: the same requests)."""
     shifts = np.random.default_rng(seed).uniform(-width, width, (runs, len(names)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log(_replays(sim, names, shifts))                                          # (runs, M)
+        design = np.column_stack([np.ones(runs), shifts])
+        coef, *_ = np.linalg.lstsq(design, logs, rcond=None)
+        sd = np.sqrt(((logs - design @ coef) ** 2).sum(0) / max(runs - design.shape[1], 1))
+    # a summary with no log (0 s: no output token after the first) gets the floor; the fit itself
+    # then refuses it, naming the row
+    return np.where(np.isfinite(sd), np.maximum(sd, floor), floor)
+
+
+def _replays(sim: DifferentiableSim, names: Sequence[str], shifts: np.ndarray) -> np.ndarray:
+    """(len(shifts), len(TRACE_METRICS)) replayed summaries at log-shifts of ``names``: one vmapped call."""
     out = sim.scaled_batch(names)(jnp.asarray(shifts, sim.params.log[names[0]].dtype))
-    logs = np.log(np.stack([np.asarray(out[k], np.float64) for k in TRACE_METRICS], axis=1))   # (runs, M)
-    design = np.column_stack([np.ones(runs), shifts])
-    coef, *_ = np.linalg.lstsq(design, logs, rcond=None)
-    scatter = logs - design @ coef
-    return np.maximum(np.sqrt((scatter ** 2).sum(0) / max(runs - design.shape[1], 1)), floor)
+    return np.stack([np.asarray(out[k], np.float64) for k in TRACE_METRICS], axis=1)
 
 
 def screened_starts(sim: DifferentiableSim, names: Sequence[str], measured: np.ndarray, noise: np.ndarray, keep: int,
@@ -82,10 +90,9 @@ def screened_starts(sim: DifferentiableSim, names: Sequence[str], measured: np.n
     vmapped forward call); the replay is jagged at the noise scale, so a local fit from one start
     stops in the dip nearest to it."""
     shifts = np.random.default_rng(seed).uniform(-spread, spread, (candidates, len(names)))
-    out = sim.scaled_batch(names)(jnp.asarray(shifts, sim.params.log[names[0]].dtype))
-    pred = np.stack([np.asarray(out[k], np.float64) for k in TRACE_METRICS], axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        chi2 = np.nan_to_num((((np.log(pred) - np.log(measured)) / noise) ** 2).sum(1), nan=np.inf)
+        chi2 = (((np.log(_replays(sim, names, shifts)) - np.log(measured)) / noise) ** 2).sum(1)
+    chi2 = np.where(np.isfinite(chi2), chi2, np.inf)
     return [shifts[i] for i in np.argsort(chi2)[:keep]]
 
 
@@ -216,8 +223,7 @@ def calibrate_trace(trace: RequestTrace, engine: Mapping, names: Sequence[str], 
             for start in starts]
     result = min(fits, key=lambda f: f.loss)
     _merge_equivalent_fits(result, fits, len(measured))
-    before, _ = summaries(sim.params)
-    result.predicted_start = np.asarray(before, np.float64)
+    result.predicted_start = fits[0].predicted_start   # "before": the engine's values, whichever start won
     finished = [int(sim.metrics(p)["finished"]) for p in (sim.params, result.params)]   # plain counts
     n = len(workload)
     for label, k in zip(("start", "fit"), finished):

@@ -55,9 +55,10 @@ class Knob:
         """The parameter's natural value in ``scenario`` (catalog, stack and overrides applied)."""
         return np.asarray(_params(scenario, self).natural()[self.field], np.float64)
 
-    def scaled(self, scenario, log_shift: float):
-        """``scenario`` with this parameter multiplied by exp(``log_shift``) (its entry, with ``index``)."""
-        value = self.value(scenario).copy()
+    def scaled(self, scenario, log_shift: float, base: np.ndarray | None = None):
+        """``scenario`` with this parameter multiplied by exp(``log_shift``) (its entry, with ``index``),
+        from ``base`` (its value in ``scenario``, looked up when not given)."""
+        value = np.array(self.value(scenario) if base is None else base, np.float64)
         if self.index is None:
             value = value * np.exp(log_shift)
         else:
@@ -112,12 +113,13 @@ def smoothed_slopes(scenario, knobs, estimator: Smoothed | None = None, workload
     estimator = estimator or Smoothed()
     workload = workload if workload is not None else build_workload(scenario)
     shifts = estimator.design(len(knobs))                  # (R, P)
+    base = [knob.value(scenario) for knob in knobs]        # looked up once, not per run
     runs = []
     for row in _lanes(shifts):
         moved = scenario
-        for knob, d in zip(knobs, row):
+        for knob, value, d in zip(knobs, base, row):
             if d:
-                moved = knob.scaled(moved, float(d))
+                moved = knob.scaled(moved, float(d), value)
         runs.append(frame_summaries(simulate(moved, workload, reference=reference).requests))
     R = shifts.shape[0]
     solve = np.linalg.pinv(shifts)                         # (P, R)

@@ -116,6 +116,7 @@ def _load(key: str):
 def _store(key: str, program) -> None:
     from jax.experimental.serialize_executable import serialize
 
+    tmp = None
     try:
         data = pickle.dumps(serialize(program))
         fd, tmp = tempfile.mkstemp(dir=_directory, suffix=".tmp")
@@ -123,5 +124,7 @@ def _store(key: str, program) -> None:
             f.write(data)
         os.replace(tmp, _directory / f"{key}.program")   # atomic: a reader never sees half a file
     except Exception:   # a full disk or a program that cannot be serialized costs a compile next time
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         return
     stats["stored"] += 1
