@@ -107,3 +107,22 @@ def test_station_times_are_differentiable():
         fd = float((f(x + h) - f(x - h)) / (2 * h))
         assert np.isfinite(g) and g > 0
         assert g == pytest.approx(fd, rel=1e-4)
+
+
+def test_padded_stations_equal_plain_ones_and_compile_once_per_bucket():
+    """What a pipeline run calls: padding jobs arrive after every real one and change nothing; a
+    second call of another size in the same bucket (another seed, another design) compiles nothing."""
+    from hermes_jax.pipeline.stations import _shared, _table_servers, shared_padded, table_servers
+    table = jnp.asarray([0.02, 0.025, 0.03, 0.034])
+    for n in (70, 90):   # one bucket (96)
+        release, size = jobs(n, rate=60.0, seed=n)
+        start, finish = table_servers(release, 0.01 * size, table, 2, 4)
+        ref_start, ref_finish = batch_servers(jnp.asarray(release), jnp.asarray(0.01 * size),
+                                              lambda k, total: table[k - 1] + total, 2, 4)
+        np.testing.assert_allclose(start, ref_start, rtol=1e-12)
+        np.testing.assert_allclose(finish, ref_finish, rtol=1e-12)
+        np.testing.assert_allclose(shared_padded(release, 0.01 * size, 2.0),
+                                   shared(jnp.asarray(release), jnp.asarray(0.01 * size), 2.0), rtol=1e-12)
+        if n == 70:
+            sizes = (_table_servers._cache_size(), _shared._cache_size())
+    assert (_table_servers._cache_size(), _shared._cache_size()) == sizes

@@ -127,13 +127,14 @@ def replies(jobs: pd.DataFrame, n: int) -> pd.DataFrame:
     if not len(jobs):
         return out
     last = jobs.groupby("request").attempt.transform("max")
-    reply = jobs[jobs.attempt == last]
+    reply = jobs[jobs.attempt == last].assign(open=lambda f: f.finish_s.isna())   # built-in aggregations only
     streams = reply.groupby(["request", "sample", "round"]).agg(
         first=("first_token_s", "min"), finish=("finish_s", "max"), out=("output_tokens", "sum"),
-        unfinished=("finish_s", lambda x: x.isna().any()))
+        unfinished=("open", "any"))
     streams["span"] = np.where(streams.out > 1, streams.finish - streams["first"], 0.0)
+    streams["steps"] = np.maximum(streams.out - 1, 0)
     per = streams.groupby("request").agg(first_token_s=("first", "min"), finish_s=("finish", "max"),
-                                         span=("span", "sum"), steps=("out", lambda x: np.maximum(x - 1, 0).sum()),
+                                         span=("span", "sum"), steps=("steps", "sum"),
                                          unfinished=("unfinished", "any"))
     first_attempt = jobs[jobs.attempt == 0]
     out["admit_s"] = first_attempt.groupby("request").admit_s.min()
@@ -147,7 +148,7 @@ def replies(jobs: pd.DataFrame, n: int) -> pd.DataFrame:
     out["preemptions"] = by.preemptions.sum()
     out["replica"] = first_attempt.groupby("request").replica.first()
     rejected = jobs[jobs.status == "rejected"].groupby("request").reject_reason.first()
-    done = by.status.agg(lambda x: (x == "finished").all())
+    done = (jobs.status == "finished").groupby(jobs.request).all()
     status = pd.Series("unfinished", index=out.index, dtype=object)
     status[done[done].index] = "finished"
     status[rejected.index] = "rejected"

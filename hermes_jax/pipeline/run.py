@@ -34,7 +34,7 @@ from .parse import added_prompt_tokens
 from .plan import HopTemplate, hop_templates, pipeline_of, reasoning_of, route_of
 from .spec import Resource, resource_order
 from .stages import KVFetch, Stage, prefix_hits
-from .stations import batch_servers, shared
+from .stations import table_servers, shared_padded
 
 
 def resource_params(resource: Resource, dtype=None):
@@ -78,14 +78,14 @@ def station_times(resource: Resource, stage: Stage, params, release, nbytes=None
         if reference:
             finish = events.shared_events(release, np.asarray(work, float), 1.0)
             return release, np.where(np.asarray(nbytes) > 0, finish + float(latency), release)
-        finish = shared(release, work, 1.0)
+        finish = shared_padded(release, work, 1.0)
         return release, jnp.where(nbytes > 0, finish + latency, release)
     table = stage.batch_seconds(resource, params)
     c = servers(resource, stage, params)
     if reference:
         table = np.asarray(table, float)
         return events.batch_servers_events(release, np.ones(len(release)), lambda k, _: table[k - 1], c, stage.batch)
-    return batch_servers(release, jnp.ones_like(release), lambda k, _: table[k - 1], c, stage.batch)
+    return table_servers(release, 0.0, table, c, stage.batch)
 
 
 @dataclasses.dataclass
@@ -228,7 +228,7 @@ def _engine_node(scenario, name, here, draws, reference, progress):
     for k, h in enumerate(here):   # a hop's span per request: its first admission to its last finish
         part = jobs[jobs.hop_id == k]
         start = part.groupby("request").admit_s.min()
-        finish = part.groupby("request").finish_s.agg(lambda x: x.max() if x.notna().all() else np.nan)
+        finish = part.groupby("request").finish_s.max().where(~part.finish_s.isna().groupby(part.request).any())
         h.start = start.reindex(h.rows).to_numpy(float)
         h.finish = finish.reindex(h.rows).to_numpy(float)
     return jobs.drop(columns="hop_id"), result
@@ -249,8 +249,11 @@ def _station_node(scenario, resource, params, here, draws, reference) -> dict:
     else:   # different single-job stages on one pool (checked at load): each job its own service time
         per_job = np.concatenate([np.full(int(m.sum()), float(h.template.stage.batch_seconds(resource, params)[0]))
                                   for h, m in zip(here, live)])
-        fn = events.batch_servers_events if reference else batch_servers
-        start, finish = fn(release, per_job, lambda _, total: total, servers(resource, first, params), 1)
+        if reference:
+            start, finish = events.batch_servers_events(release, per_job, lambda _, total: total,
+                                                        servers(resource, first, params), 1)
+        else:
+            start, finish = table_servers(release, per_job, np.zeros(1), servers(resource, first, params), 1)
     start, finish = np.asarray(start, float), np.asarray(finish, float)
     offset = 0
     for h, m in zip(here, live):
