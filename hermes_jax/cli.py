@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     des.add_argument("--engine", default=None, help="engine to design (needed with several)")
     des.add_argument("--vary", action="append", default=[], metavar="NAME=LO:HI",
                      help="a parameter and its multiplier bounds, e.g. hbm_bandwidth=0.5:2 (repeatable; default "
-                          "peak_flops=0.25:4 and hbm_bandwidth=0.25:4)")
+                          "peak_flops=0.25:4 and hbm_bandwidth=0.25:4); on a pipeline scenario any engine's or "
+                          "resource's, e.g. resource.search-cpu.cpu_cores=0.25:2 or engine.llm.peak_flops=0.5:2")
     des.add_argument("--objective", default="usd_per_mtok", help="usd_per_mtok (default), j_per_token, cost_usd, "
                      "energy_j (minimised) or throughput_tokens_s, goodput_rps, tokens_per_usd (maximised)")
     des.add_argument("--slo", action="append", default=[], metavar="METRIC<=V",
@@ -154,8 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _design(args) -> None:
     from .design import Constraint, DesignProblem, Variable, cmaes_search, gradient_search, random_search
+    from .design.pipeline import PipelineDesignProblem
     from .design.problem import MAXIMISE
     from .design.report import write_design_report
+    from .sim.simulate import is_pipeline
     from .sim.differentiable import DifferentiableSim
     from .sim.scenario import load_scenario
     from .sim.smoothing import Smoothed
@@ -180,12 +183,22 @@ def _design(args) -> None:
         else:
             raise ConfigError(f"--slo {item!r}: expected METRIC<=VALUE or METRIC>=VALUE")
     scenario = load_scenario(args.scenario or str(DEFAULT_SCENARIO), args.overrides, _chosen_stack(args))
-    model = DifferentiableSim(scenario, engine=args.engine, estimator=Smoothed(scales=(0.1,)))
-    known = model.metrics(model.params)
-    for c in constraints:
-        if c.metric not in known:
-            raise ConfigError(f"--slo {c.metric}: unknown metric; known: {', '.join(sorted(known))}")
-    problem = DesignProblem(model, [Variable(n, lo, hi) for n, (lo, hi) in varied.items()], args.objective, constraints)
+    if is_pipeline(scenario):
+        # variables are knobs (engine.NAME.FIELD, resource.NAME.FIELD); a bare FIELD is the engine's
+        engine = args.engine or scenario.engines[0].name
+        if not args.engine and len(scenario.engines) > 1 and any("." not in n for n in varied):
+            raise ConfigError(f"{scenario.source}: several engines; name the one a bare --vary field belongs to "
+                              f"with --engine, or vary engine.NAME.FIELD")
+        variables = [Variable(n if "." in n else f"engine.{engine}.{n}", lo, hi) for n, (lo, hi) in varied.items()]
+        problem = PipelineDesignProblem(scenario, variables, args.objective, constraints)
+    else:
+        model = DifferentiableSim(scenario, engine=args.engine, estimator=Smoothed(scales=(0.1,)))
+        known = model.metrics(model.params)
+        for c in constraints:
+            if c.metric not in known:
+                raise ConfigError(f"--slo {c.metric}: unknown metric; known: {', '.join(sorted(known))}")
+        problem = DesignProblem(model, [Variable(n, lo, hi) for n, (lo, hi) in varied.items()], args.objective,
+                                constraints)
     search = {"gradient": lambda: gradient_search(problem, budget=args.budget, seed=args.seed,
                                                   progress=lambda m: print(f"  {m}", flush=True)),
               "random": lambda: random_search(problem, args.budget, seed=args.seed),

@@ -241,6 +241,10 @@ def test_utilization_energy_and_cost_add_up(scenario, runs):
                                                      * horizon, rel=1e-6)
     assert usage["llm"]["cost_usd"] == pytest.approx(float(p.price_per_hour) * horizon / 3600)
     assert usage["rerank-gpu"]["cost_usd"] == pytest.approx(float(p.price_per_hour) * horizon / 3600)
+    # a CPU pool: its cores at the host CPU's price per core-hour (h100-sxm: a Xeon 8480)
+    from hermes_jax.hardware.catalog import default_catalog
+    core_price = default_catalog().get("cpu", "xeon-8480", "test")["price_per_core_hour"]
+    assert usage["search-cpu"]["cost_usd"] == pytest.approx(24 * core_price * horizon / 3600) and core_price > 0
     total = s["energy"]
     assert total["energy_j"] == pytest.approx(sum(v["energy_j"] for v in usage.values()))
     assert total["j_per_token"] == pytest.approx(total["energy_j"] / df.generated.sum())

@@ -111,14 +111,15 @@ def test_station_times_are_differentiable():
 
 def test_padded_stations_equal_plain_ones_and_compile_once_per_bucket():
     """What a pipeline run calls: padding jobs arrive after every real one and change nothing; a
-    second call of another size in the same bucket (another seed, another design) compiles nothing."""
+    second call of another size and server count in the same buckets (another seed, another design
+    of a CPU pool) compiles nothing."""
     from hermes_jax.pipeline.stations import _shared, _table_servers, shared_padded, table_servers
     table = jnp.asarray([0.02, 0.025, 0.03, 0.034])
-    for n in (70, 90):   # one bucket (96)
+    for n, servers in ((70, 2), (90, 3)):   # one job bucket (96), one server bucket (4)
         release, size = jobs(n, rate=60.0, seed=n)
-        start, finish = table_servers(release, 0.01 * size, table, 2, 4)
+        start, finish = table_servers(release, 0.01 * size, table, servers, 4)
         ref_start, ref_finish = batch_servers(jnp.asarray(release), jnp.asarray(0.01 * size),
-                                              lambda k, total: table[k - 1] + total, 2, 4)
+                                              lambda k, total: table[k - 1] + total, servers, 4)
         np.testing.assert_allclose(start, ref_start, rtol=1e-12)
         np.testing.assert_allclose(finish, ref_finish, rtol=1e-12)
         np.testing.assert_allclose(shared_padded(release, 0.01 * size, 2.0),

@@ -92,7 +92,9 @@ class DesignProblem:
             start = float(self._batch(jnp.zeros((1, len(self.names))))["finished_share"][0])
             constraints.append(Constraint("finished_share", lower=max(0.99 * start, 1e-3)))
         self.constraints = tuple(constraints)
-        self.lanes_per_gradient = 1 + 2 * len(self.names) * len(getattr(model.estimator, "scales", (0,)))
+        design = getattr(model.estimator, "design", None)
+        self.lanes_per_gradient = 1 + 2 * (design(len(self.names)).shape[0] if design else len(self.names))
+        self._jacobians: dict = {}
 
     # --- metrics of a design -------------------------------------------------------------------
     def _log(self, x):
@@ -127,6 +129,20 @@ class DesignProblem:
         """Metrics of many designs (rows of xs) in one forward call; no derivatives."""
         m = self._batch(xs)
         return jax.vmap(self._with_cost)(xs, m)
+
+    def evaluate(self, x, keys) -> np.ndarray:
+        """The plain simulation's ``keys`` metrics at design x."""
+        m = self.metrics_batch(jnp.asarray(x)[None])
+        return np.array([float(m[k][0]) for k in keys])
+
+    def jacobian(self, x, keys) -> np.ndarray:
+        """(K, P) smoothed derivatives of ``keys`` at x (``lanes_per_gradient`` evaluations)."""
+        keys = tuple(keys)
+        if keys not in self._jacobians:
+            # no outer jit: the simulator's compiled functions are cached by configuration, so every
+            # problem on the same model (another SLO, another start) reuses them
+            self._jacobians[keys] = jax.jacfwd(lambda x: jnp.stack([self.metrics(x)[k] for k in keys]))
+        return np.asarray(self._jacobians[keys](jnp.asarray(x)))
 
     def penalised(self, m: dict):
         value = m[self.objective]

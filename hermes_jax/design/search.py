@@ -1,4 +1,4 @@
-"""Search methods over a DesignProblem, all counting simulator evaluations the same way (one
+"""Search methods over a DesignProblem (or a PipelineDesignProblem), all counting simulator evaluations the same way (one
 configuration simulated once = one evaluation; a smoothed gradient costs its lanes), so they can be
 compared at equal budgets: SQP on smoothed Jacobians from several starts (the gradient search),
 uniform random search in the log-box, and CMA-ES (the ``cma`` package, optional).
@@ -53,7 +53,7 @@ class _Budget(Exception):
     pass
 
 
-def gradient_search(problem: DesignProblem, budget: int = 200, starts: int = 8, seed: int = 0,
+def gradient_search(problem, budget: int = 200, starts: int = 8, seed: int = 0,
                     progress: Callable[[str], None] | None = None) -> SearchResult:
     """Sequential quadratic programming (scipy SLSQP) on ln(objective) with the constraints as
     constraints, not penalties, from the start design (x = 0; with ``seed`` > 0 a random point)
@@ -65,13 +65,6 @@ def gradient_search(problem: DesignProblem, budget: int = 200, starts: int = 8, 
     rng = np.random.default_rng(seed)
     lo, hi = np.asarray(problem.lower, float), np.asarray(problem.upper, float)
     keys = [problem.objective] + [c.metric for c in problem.constraints]
-    # no outer jit: the simulator's compiled functions are cached by configuration, so every
-    # problem on the same model (another SLO, another start) reuses them
-    jac_fn = jax.jacfwd(lambda x: jnp.stack([problem.metrics(x)[k] for k in keys]))
-
-    def value_fn(x):
-        m = problem.metrics_batch(x[None])
-        return jnp.stack([m[k][0] for k in keys])
     sign = -1.0 if problem.objective in MAXIMISE else 1.0
     values, jacobians = {}, {}
     evals = [0]
@@ -87,13 +80,13 @@ def gradient_search(problem: DesignProblem, budget: int = 200, starts: int = 8, 
         if need_jac and key not in jacobians:
             # the Jacobian's lanes; its base lane is not counted again when the value is known
             spend(problem.lanes_per_gradient - (key in values))
-            v = np.asarray(value_fn(jnp.asarray(x)))    # the Jacobian's base lane (value computed apart)
-            jacobians[key] = np.asarray(jac_fn(jnp.asarray(x)))
+            v = problem.evaluate(x, keys)               # the Jacobian's base lane (value computed apart)
+            jacobians[key] = problem.jacobian(x, keys)
             values[key] = v
             result.add(evals[0], x, float(v[0]), _feasible(problem, v[1:]), dict(zip(keys, v)))
         elif key not in values:
             spend(1)
-            v = np.asarray(value_fn(jnp.asarray(x)))
+            v = problem.evaluate(x, keys)
             values[key] = v
             result.add(evals[0], x, float(v[0]), _feasible(problem, v[1:]), dict(zip(keys, v)))
         return values[key], jacobians.get(key)

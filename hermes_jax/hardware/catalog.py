@@ -167,7 +167,8 @@ def _validate(kind: str, name: str, entry: dict, path: Path) -> None:
                 if _number(item, path, kind, name, f"efficiency.{key}") < 0:
                     raise ConfigError(f"{path} [{name}.efficiency] {key} must be >= 0, got {value}")
     else:
-        for key in REQUIRED[kind]:
+        optional = ("price_per_core_hour",) if kind == "cpu" and "price_per_core_hour" in entry else ()
+        for key in REQUIRED[kind] + optional:
             if _number(entry[key], path, kind, name, key) < 0:
                 raise ConfigError(f"{path}:{field_line(path, name, key)} [{name}] {key} must be >= 0, got {entry[key]}")
 

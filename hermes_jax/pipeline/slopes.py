@@ -46,6 +46,24 @@ class Knob:
         if self.index is not None and not (shape and 0 <= self.index < shape[0]):
             raise ConfigError(f"Knob {self.label}: index {self.index} outside {self.field}'s shape {shape}")
 
+    @classmethod
+    def parse(cls, label: str) -> "Knob":
+        """The knob a label names: ``engine.NAME.FIELD``, ``resource.NAME.FIELD`` or with an entry,
+        ``resource.cxl.tier_bandwidth[1]`` (the form ``label`` writes)."""
+        table, _, rest = label.partition(".")
+        name, _, field = rest.rpartition(".")
+        index = None
+        if field.endswith("]") and "[" in field:
+            field, _, entry = field[:-1].partition("[")
+            try:
+                index = int(entry)
+            except ValueError:
+                raise ConfigError(f"knob {label!r}: entry [{entry}] is not an integer") from None
+        if table not in ("engine", "resource") or not name or not field:
+            raise ConfigError(f"knob {label!r}: expected engine.NAME.FIELD or resource.NAME.FIELD[INDEX], "
+                              "e.g. resource.search-cpu.cpu_cores or engine.llm.hbm_bandwidth")
+        return cls(table, name, field, index)
+
     @property
     def label(self) -> str:
         entry = "" if self.index is None else f"[{self.index}]"
@@ -121,11 +139,18 @@ def smoothed_slopes(scenario, knobs, estimator: Smoothed | None = None, workload
             if d:
                 moved = knob.scaled(moved, float(d), value)
         runs.append(frame_summaries(simulate(moved, workload, reference=reference).requests))
+    g = lane_slopes(runs, shifts)
+    slopes = {metric: {k.label: float(x) for k, x in zip(knobs, row)} for metric, row in g.items()}
+    return Slopes(values=runs[0], slopes=slopes, runs=len(runs))
+
+
+def lane_slopes(runs: list[dict], shifts: np.ndarray) -> dict[str, np.ndarray]:
+    """metric -> (P,) least-squares slopes from runs at ``_lanes(shifts)`` (the base, the + sides,
+    the - sides): the half differences of each antithetic pair regressed on its shift."""
     R = shifts.shape[0]
     solve = np.linalg.pinv(shifts)                         # (P, R)
-    slopes = {}
+    out = {}
     for metric in runs[0]:
-        v = np.array([r[metric] for r in runs])
-        g = solve @ ((v[1:R + 1] - v[R + 1:]) / 2)
-        slopes[metric] = {k.label: float(x) for k, x in zip(knobs, g)}
-    return Slopes(values=runs[0], slopes=slopes, runs=len(runs))
+        v = np.array([r[metric] for r in runs], np.float64)
+        out[metric] = solve @ ((v[1:R + 1] - v[R + 1:]) / 2)
+    return out

@@ -18,8 +18,9 @@ Both are exact (no time step): the tests compare them with an event-driven heap 
 Times are differentiable almost everywhere in the releases, work and service parameters (they are
 built from max, min, sums and sorts); the gradient is the pathwise one.
 
-``table_servers`` and ``shared_padded`` are what a pipeline run calls: compiled once per (servers,
-batch, padded job count), with the jobs padded to ``sim.shapes.bucket`` sizes by jobs that arrive
+``table_servers`` and ``shared_padded`` are what a pipeline run calls: compiled once per (server
+bucket, batch, padded job count), the server count an argument (a design over CPU cores reuses
+one program), with the jobs padded to ``sim.shapes.bucket`` sizes by jobs that arrive
 after every real one (``LATE``), so they change no real job's times. Called eagerly, each call of
 the plain functions traced and compiled its scan again (0.5 s of a 1.1 s rag_kv run).
 """
@@ -39,9 +40,11 @@ NEVER = 1e30   # "before anything" / "after everything": finite, so no inf - inf
 LATE = 1e20    # a padding job's release: after every real event, far below NEVER
 
 
-def batch_servers(release, size, service: Callable, servers: int, max_batch: int = 1):
+def batch_servers(release, size, service: Callable, servers, max_batch: int = 1, slots: int | None = None):
     """(start, finish) of each job; ``release`` and ``size`` have shape (n,). ``service(count,
-    size_sum)`` gives a batch's seconds and must accept JAX scalars."""
+    size_sum)`` gives a batch's seconds and must accept JAX scalars. ``slots`` (static, at least
+    ``servers``): the size of the server pool's array, so ``servers`` may be traced (the extra
+    slots are busy forever)."""
     release = jnp.asarray(release)
     n = release.shape[0]
     if n == 0:
@@ -66,7 +69,9 @@ def batch_servers(release, size, service: Callable, servers: int, max_batch: int
         batch = jnp.where(join, batch, batch + 1)
         return (free, start, count, total, batch), (start, count, total, batch)
 
-    init = (jnp.full((servers - 1,), -NEVER, dtype), jnp.asarray(-NEVER, dtype), jnp.asarray(max_batch, jnp.int32),
+    slots = servers if slots is None else slots
+    free = jnp.where(jnp.arange(slots - 1) < servers - 1, -NEVER, NEVER).astype(dtype)
+    init = (free, jnp.asarray(-NEVER, dtype), jnp.asarray(max_batch, jnp.int32),
             jnp.zeros((), dtype), jnp.asarray(-1, jnp.int32))
     _, (start, count, total, batch) = jax.lax.scan(step, init, (a, z))
     # a batch's members are contiguous in arrival order: its last member carries its final size
@@ -108,9 +113,9 @@ def shared(release, work, capacity):
     return finish
 
 
-@partial(jax.jit, static_argnames=("servers", "max_batch"))
-def _table_servers(release, size, table, servers: int, max_batch: int):
-    return batch_servers(release, size, lambda count, total: table[count - 1] + total, servers, max_batch)
+@partial(jax.jit, static_argnames=("slots", "max_batch"))
+def _table_servers(release, size, table, servers, slots: int, max_batch: int):
+    return batch_servers(release, size, lambda count, total: table[count - 1] + total, servers, max_batch, slots)
 
 
 def table_servers(release, size, table, servers: int, max_batch: int = 1):
@@ -125,7 +130,8 @@ def table_servers(release, size, table, servers: int, max_batch: int = 1):
     pad = bucket(n) - n
     start, finish = _table_servers(jnp.concatenate([release, jnp.full((pad,), LATE, release.dtype)]),
                                    jnp.concatenate([size, jnp.zeros((pad,), release.dtype)]),
-                                   jnp.asarray(table, release.dtype), servers=int(servers), max_batch=int(max_batch))
+                                   jnp.asarray(table, release.dtype), jnp.asarray(int(servers), jnp.int32),
+                                   slots=bucket(int(servers), smallest=4), max_batch=int(max_batch))
     return start[:n], finish[:n]
 
 

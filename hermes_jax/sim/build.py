@@ -21,6 +21,7 @@ from ..models.config import get_model
 from ..models.operators import Parallelism, kv_bytes_per_token_per_device, weight_bytes_per_device
 from .group import GroupConfig
 from .scenario import Engine, Scenario
+from .shapes import bucket
 from .schedulers import SCHEDULERS
 from .state import Requests
 from .workload import Workload
@@ -140,7 +141,8 @@ def iteration_seconds(spec: EngineSpec, params: HardwareParams, new, context, lo
     return iteration_cost(spec, params, new, context, logits).time
 
 
-def iterations_per_step(group: EngineGroup, dt: float, arrivals_per_step: int, cap: int = 0) -> tuple[int, int]:
+def iterations_per_step(group: EngineGroup, dt: float, arrivals_per_step: int, cap: int = 0,
+                        padded: bool = False) -> tuple[int, int]:
     """(K, W): scheduler decisions per replica per step, and decode iterations fast-forwarded at once.
 
     A step holds at most ``n = dt / fastest iteration (batch-1 decode) + 1`` iterations. Without
@@ -148,17 +150,20 @@ def iterations_per_step(group: EngineGroup, dt: float, arrivals_per_step: int, c
     needed only at events: an admission (at most the arrivals of the step plus requests requeued by
     preemption), a finish, or W decode iterations done; K budgets twice the arrivals plus the W
     blocks plus a margin. A replica that runs out of decisions continues in the next step (counted
-    as ``deferred``), so K bounds speed, not correctness.
+    as ``deferred``), so K bounds speed, not correctness. ``padded``: n rounded up to a power of two
+    and K to a shape class (``shapes.bucket``, at most 1.5x), so hardware that differs (a design's
+    or a fit's next point) shares one compiled program.
     """
     one = jnp.ones((1,))
     fastest = float(iteration_seconds(group.spec, group.params, one, one, one))
     n = int(min(max(math.ceil(dt / fastest) + 1, 2), 4096))
+    if padded:
+        n = min(1 << (n - 1).bit_length(), 4096)
     width = min(n, 64) if n > 2 else 0
     if cap:
         return cap, width
-    if not width:
-        return min(n, 256), 0
-    return int(min(n, 2 * arrivals_per_step + math.ceil(n / width) + 8, 256)), width
+    k = min(n, 256) if not width else int(min(n, 2 * arrivals_per_step + math.ceil(n / width) + 8, 256))
+    return (min(bucket(k, smallest=8), 256) if padded else k), width
 
 
 def reject_reasons(group: EngineGroup, workload: Workload, mask: np.ndarray) -> np.ndarray:
@@ -189,9 +194,11 @@ def admission_window(entry: Engine) -> int:
     return 256 if entry.queue_order == "priority" else max(1, min(entry.max_batch_size, 128))
 
 
-def group_config(group: EngineGroup, scenario: Scenario, arrivals_per_step: int, queue: int, users: int = 0) -> GroupConfig:
+def group_config(group: EngineGroup, scenario: Scenario, arrivals_per_step: int, queue: int, users: int = 0,
+                 padded: bool = False) -> GroupConfig:
     e, sim = group.engine, scenario.simulation
-    iterations, width = iterations_per_step(group, scenario.dt_s, arrivals_per_step + users, sim.iterations_per_step)
+    iterations, width = iterations_per_step(group, scenario.dt_s, arrivals_per_step + users, sim.iterations_per_step,
+                                            padded)
     return GroupConfig(spec=group.spec, replicas=e.replicas, slots=e.max_batch_size, queue=queue,
                        admit=admission_window(e),
                        block_size=e.block_size, max_batch_tokens=e.max_batch_tokens, scheduler=SCHEDULERS[e.scheduler],

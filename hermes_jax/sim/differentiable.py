@@ -167,7 +167,8 @@ def _scaled_batch(st: _Static, names: tuple, xs, base: dict, data: _Data) -> dic
     return jax.vmap(lambda x: _scaled_summaries(lanes, names, {"x": x}, base, data))(xs)
 
 
-def frame_summaries(df, bandwidth: float = 0.02, temperature_s: float = 0.1) -> dict[str, float]:
+def frame_summaries(df, bandwidth: float = 0.02, temperature_s: float = 0.1,
+                    quantiles: Sequence[float] = (0.5, 0.9)) -> dict[str, float]:
     """The latency and throughput summaries of ``DifferentiableSim`` (same definitions: means and
     kernel-smoothed quantiles over finished requests, output tokens over a log-sum-exp makespan) on a
     ``Results.requests`` frame, so runs of any simulator (the exact reference, pipelines) compare."""
@@ -176,7 +177,7 @@ def frame_summaries(df, bandwidth: float = 0.02, temperature_s: float = 0.1) -> 
     for name in ("ttft", "tpot", "e2e"):
         v = np.nan_to_num(df[f"{name}_s"].to_numpy(float))
         out[f"{name}_mean_s"] = float(v[done].mean()) if done.any() else 0.0
-        for q in (0.5, 0.9):
+        for q in quantiles:
             out[f"{name}_p{round(q * 100)}_s"] = float(soft_quantile(jnp.asarray(v), jnp.asarray(done), q, bandwidth))
     finish = df.finish_s.to_numpy(float)[done]
     makespan = temperature_s * np.logaddexp.reduce(finish / temperature_s) if done.any() else 1.0

@@ -100,9 +100,10 @@ def prepare(group: EngineGroup, scenario: Scenario, workload: Workload, rows: np
     per_step = np.diff(np.asarray(req.step_first))
     arrivals, queue = max(int(per_step.max(initial=0)), 1), max(len(rows), 1)
     if padded:
-        arrivals, queue = 1 << (arrivals - 1).bit_length(), request_bucket(queue)
+        # at least 8: a pipeline's engine sees arrivals bunched differently by each design upstream
+        arrivals, queue = max(1 << (arrivals - 1).bit_length(), 8), request_bucket(queue)
         req = pad_steps(pad_requests(req, queue), bucket(steps))
-    cfg = group_config(group, scenario, arrivals, queue=queue, users=users)
+    cfg = group_config(group, scenario, arrivals, queue=queue, users=users, padded=padded)
     return cfg, req, reasons, steps
 
 
