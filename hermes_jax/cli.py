@@ -145,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "energy_j (minimised) or throughput_tokens_s, goodput_rps, tokens_per_usd (maximised)")
     des.add_argument("--slo", action="append", default=[], metavar="METRIC<=V",
                      help="constraint on a simulated metric, e.g. ttft_p99_s<=2 or goodput_rps>=5 (repeatable)")
-    des.add_argument("--method", default="gradient", choices=["gradient", "random", "cma-es"],
-                     help="search method (default gradient: SQP on smoothed gradients)")
+    des.add_argument("--method", default="gradient", choices=["gradient", "trust-region", "random", "cma-es"],
+                     help="search method (default gradient: SQP on smoothed gradients; trust-region: SLP on the "
+                          "same gradients that refuses steps past a cliff)")
     des.add_argument("--budget", type=int, default=200, help="simulator evaluations (default 200)")
     des.add_argument("--seed", type=int, default=0)
     des.add_argument("--out", default="design-out", help="directory for design.md, designs.csv, design.json, pareto.png")
@@ -154,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _design(args) -> None:
-    from .design import Constraint, DesignProblem, Variable, cmaes_search, gradient_search, random_search
+    from .design import (Constraint, DesignProblem, Variable, cmaes_search, gradient_search, random_search,
+                         trust_region_search)
     from .design.pipeline import PipelineDesignProblem
     from .design.problem import MAXIMISE
     from .design.report import write_design_report
@@ -201,6 +203,8 @@ def _design(args) -> None:
                                 constraints)
     search = {"gradient": lambda: gradient_search(problem, budget=args.budget, seed=args.seed,
                                                   progress=lambda m: print(f"  {m}", flush=True)),
+              "trust-region": lambda: trust_region_search(problem, budget=args.budget, seed=args.seed,
+                                                          progress=lambda m: print(f"  {m}", flush=True)),
               "random": lambda: random_search(problem, args.budget, seed=args.seed),
               "cma-es": lambda: cmaes_search(problem, args.budget, seed=args.seed)}[args.method]
     result = search()

@@ -89,7 +89,7 @@ def test_unpriced_knobs_and_unknown_metrics_are_refused():
 def test_design_cli_on_a_pipeline(tmp_path, capsys):
     out = tmp_path / "d"
     code = main(["design", str(RAG), "--set", SETTINGS[0], "--vary", "resource.search-cpu.cpu_cores=0.25:2",
-                 "--vary", "peak_flops=0.5:2", "--slo", "ttft_p99_s<=1", "--method", "random", "--budget", "6",
+                 "--vary", "peak_flops=0.5:2", "--slo", "ttft_p99_s<=1", "--method", "trust-region", "--budget", "12",
                  "--out", str(out)])
     assert code == 0
     text = (out / "design.md").read_text()

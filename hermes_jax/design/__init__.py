@@ -4,6 +4,7 @@ price and power model) and search methods compared at equal simulator evaluation
 from .cost import CostModel, catalog_cost_model
 from .problem import Constraint, DesignProblem, Variable
 from .search import SearchResult, cmaes_search, gradient_search, random_search
+from .trust_region import trust_region_search
 
 __all__ = ["CostModel", "catalog_cost_model", "Constraint", "DesignProblem", "Variable", "SearchResult",
-           "gradient_search", "random_search", "cmaes_search"]
+           "gradient_search", "trust_region_search", "random_search", "cmaes_search"]

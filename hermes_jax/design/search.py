@@ -53,6 +53,39 @@ class _Budget(Exception):
     pass
 
 
+class CountedEvaluations:
+    """A problem's metrics at a design, each design run once and counted against ``budget``: a
+    value costs one evaluation, a smoothed Jacobian its lanes (its base lane is the value's, not
+    counted again). Every new design goes into ``result``. Calls return (values (K,), Jacobian
+    (K, P) or None) over the objective and then each constraint's metric."""
+
+    def __init__(self, problem, budget: int, result: SearchResult):
+        self.problem, self.budget, self.result = problem, budget, result
+        self.keys = [problem.objective] + [c.metric for c in problem.constraints]
+        self.values, self.jacobians, self.spent = {}, {}, 0
+
+    def _spend(self, n):
+        if self.spent + n > self.budget:
+            raise _Budget
+        self.spent += n
+
+    def __call__(self, x, need_jac: bool):
+        x = np.array(x, np.float64, copy=True)
+        key = tuple(np.round(x, 12))
+        if need_jac and key not in self.jacobians:
+            self._spend(self.problem.lanes_per_gradient - (key in self.values))
+            v = self.problem.evaluate(x, self.keys)
+            self.jacobians[key] = self.problem.jacobian(x, self.keys)
+            self.values[key] = v
+            self.result.add(self.spent, x, float(v[0]), _feasible(self.problem, v[1:]), dict(zip(self.keys, v)))
+        elif key not in self.values:
+            self._spend(1)
+            v = self.problem.evaluate(x, self.keys)
+            self.values[key] = v
+            self.result.add(self.spent, x, float(v[0]), _feasible(self.problem, v[1:]), dict(zip(self.keys, v)))
+        return self.values[key], self.jacobians.get(key)
+
+
 def gradient_search(problem, budget: int = 200, starts: int = 8, seed: int = 0,
                     progress: Callable[[str], None] | None = None) -> SearchResult:
     """Sequential quadratic programming (scipy SLSQP) on ln(objective) with the constraints as
@@ -64,32 +97,8 @@ def gradient_search(problem, budget: int = 200, starts: int = 8, seed: int = 0,
     result = SearchResult("gradient (SQP)")
     rng = np.random.default_rng(seed)
     lo, hi = np.asarray(problem.lower, float), np.asarray(problem.upper, float)
-    keys = [problem.objective] + [c.metric for c in problem.constraints]
     sign = -1.0 if problem.objective in MAXIMISE else 1.0
-    values, jacobians = {}, {}
-    evals = [0]
-
-    def spend(n):
-        if evals[0] + n > budget:
-            raise _Budget
-        evals[0] += n
-
-    def at(x, need_jac):
-        x = np.array(x, np.float64, copy=True)
-        key = tuple(np.round(x, 12))
-        if need_jac and key not in jacobians:
-            # the Jacobian's lanes; its base lane is not counted again when the value is known
-            spend(problem.lanes_per_gradient - (key in values))
-            v = problem.evaluate(x, keys)               # the Jacobian's base lane (value computed apart)
-            jacobians[key] = problem.jacobian(x, keys)
-            values[key] = v
-            result.add(evals[0], x, float(v[0]), _feasible(problem, v[1:]), dict(zip(keys, v)))
-        elif key not in values:
-            spend(1)
-            v = problem.evaluate(x, keys)
-            values[key] = v
-            result.add(evals[0], x, float(v[0]), _feasible(problem, v[1:]), dict(zip(keys, v)))
-        return values[key], jacobians.get(key)
+    at = CountedEvaluations(problem, budget, result)
 
     def fun(x):
         v, _ = at(x, False)
@@ -113,7 +122,7 @@ def gradient_search(problem, budget: int = 200, starts: int = 8, seed: int = 0,
             minimize(fun, x0, jac=fun_jac, bounds=list(zip(lo, hi)), method="SLSQP",
                      constraints=[{"type": "ineq", "fun": cons, "jac": cons_jac}], options={"maxiter": 30, "ftol": 1e-5})
             if progress:
-                progress(f"gradient start {k + 1}/{starts}: {evals[0]} evaluations")
+                progress(f"gradient start {k + 1}/{starts}: {at.spent} evaluations")
     except _Budget:
         pass
     return result
