@@ -35,14 +35,14 @@ from ..pipeline.slopes import Knob, lane_slopes
 from ..sim.differentiable import frame_summaries
 from ..sim.smoothing import Smoothed, _lanes
 from .cost import CostModel, catalog_cost_model
-from .problem import MAXIMISE, MINIMISE, Constraint, Variable
+from .problem import MAXIMISE, MINIMISE, Constraint, ObjectiveAndConstraints, Variable
 
 PRICED = ("peak_flops", "hbm_bandwidth", "hbm_capacity")   # the cost model's features
 PRICE_OBJECTIVES = ("usd_per_mtok", "cost_usd", "tokens_per_usd")
 QUANTILES = (0.5, 0.9, 0.99)
 
 
-class PipelineDesignProblem:
+class PipelineDesignProblem(ObjectiveAndConstraints):
     def __init__(self, scenario, variables: Sequence[Variable], objective: str = "usd_per_mtok",
                  constraints: Sequence[Constraint] = (), cost_model: CostModel | None = None, penalty: float = 30.0,
                  estimator: Smoothed | None = None, workload=None):
@@ -135,21 +135,6 @@ class PipelineDesignProblem:
         runs = [self._run(x + row) for row in _lanes(self._shifts)]
         g = lane_slopes([{k: r[k] for k in keys} for r in runs], self._shifts)
         return np.stack([g[k] for k in keys])
-
-    def penalised(self, m: dict):
-        value = m[self.objective]
-        sign = -1.0 if self.objective in MAXIMISE else 1.0
-        violation = sum(c.violation(m[c.metric]) ** 2 for c in self.constraints)
-        return sign * jnp.log(jnp.maximum(value, 1e-30)) + self.penalty * violation
-
-    def feasible(self, m: dict):
-        ok = True
-        for c in self.constraints:
-            ok = ok & (c.violation(m[c.metric]) <= 0)
-        return ok
-
-    def clip(self, x):
-        return jnp.clip(x, self.lower, self.upper)
 
     def describe(self, x) -> str:
         parts = []

@@ -70,7 +70,27 @@ class Constraint:
         return jnp.maximum(1.0 - value / self.lower, 0.0)
 
 
-class DesignProblem:
+class ObjectiveAndConstraints:
+    """What every design problem shares: the penalised objective (CMA-ES), feasibility and the box.
+    Subclasses set objective, constraints, penalty, lower and upper."""
+
+    def penalised(self, m: dict):
+        value = m[self.objective]
+        sign = -1.0 if self.objective in MAXIMISE else 1.0
+        violation = sum(c.violation(m[c.metric]) ** 2 for c in self.constraints)
+        return sign * jnp.log(jnp.maximum(value, 1e-30)) + self.penalty * violation
+
+    def feasible(self, m: dict):
+        ok = True
+        for c in self.constraints:
+            ok = ok & (c.violation(m[c.metric]) <= 0)
+        return ok
+
+    def clip(self, x):
+        return jnp.clip(x, self.lower, self.upper)
+
+
+class DesignProblem(ObjectiveAndConstraints):
     def __init__(self, model: DifferentiableSim, variables: Sequence[Variable], objective: str = "usd_per_mtok",
                  constraints: Sequence[Constraint] = (), cost_model: CostModel | None = None, penalty: float = 30.0):
         if objective not in MINIMISE + MAXIMISE:
@@ -143,21 +163,6 @@ class DesignProblem:
             # problem on the same model (another SLO, another start) reuses them
             self._jacobians[keys] = jax.jacfwd(lambda x: jnp.stack([self.metrics(x)[k] for k in keys]))
         return np.asarray(self._jacobians[keys](jnp.asarray(x)))
-
-    def penalised(self, m: dict):
-        value = m[self.objective]
-        sign = -1.0 if self.objective in MAXIMISE else 1.0
-        violation = sum(c.violation(m[c.metric]) ** 2 for c in self.constraints)
-        return sign * jnp.log(jnp.maximum(value, 1e-30)) + self.penalty * violation
-
-    def feasible(self, m: dict):
-        ok = True
-        for c in self.constraints:
-            ok = ok & (c.violation(m[c.metric]) <= 0)
-        return ok
-
-    def clip(self, x):
-        return jnp.clip(x, self.lower, self.upper)
 
     def describe(self, x) -> str:
         mult = np.exp(np.asarray(x))
