@@ -13,6 +13,7 @@ and ``sim.reference``) to measure the error.
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +70,14 @@ def transfer_bandwidth_latency(resource: Resource, params):
     return params.tier_bandwidth[i], params.tier_latency[i]
 
 
+@partial(jax.jit, static_argnums=(0, 1))
+def batch_table(stage: Stage, resource: Resource, params):
+    """(batch,) seconds of a batch of 1..batch jobs of ``stage`` on ``resource``: one compiled
+    program per (stage, resource), not the dozens of small eager ones its roofline terms would
+    each lower in every process (0.8 s of a one-shot rag_kv run)."""
+    return stage.batch_seconds(resource, params)
+
+
 def station_times(resource: Resource, stage: Stage, params, release, nbytes=None, reference=False):
     """(start, finish) of the stage's jobs on the resource; jobs of every client that use it at once."""
     release = jnp.asarray(release) if not reference else np.asarray(release, float)
@@ -80,7 +89,7 @@ def station_times(resource: Resource, stage: Stage, params, release, nbytes=None
             return release, np.where(np.asarray(nbytes) > 0, finish + float(latency), release)
         finish = shared_padded(release, work, 1.0)
         return release, jnp.where(nbytes > 0, finish + latency, release)
-    table = stage.batch_seconds(resource, params)
+    table = batch_table(stage, resource, params)
     c = servers(resource, stage, params)
     if reference:
         table = np.asarray(table, float)
@@ -247,7 +256,7 @@ def _station_node(scenario, resource, params, here, draws, reference) -> dict:
     elif len(stages) == 1:
         start, finish = station_times(resource, first, params, release, None, reference)
     else:   # different single-job stages on one pool (checked at load): each job its own service time
-        per_job = np.concatenate([np.full(int(m.sum()), float(h.template.stage.batch_seconds(resource, params)[0]))
+        per_job = np.concatenate([np.full(int(m.sum()), float(batch_table(h.template.stage, resource, params)[0]))
                                   for h, m in zip(here, live)])
         if reference:
             start, finish = events.batch_servers_events(release, per_job, lambda _, total: total,

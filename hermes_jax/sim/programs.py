@@ -91,11 +91,33 @@ def call(fn, static_argnums: tuple[int, ...], *args):
     if program is None:
         program = _load(key)
         if program is None:
-            program = fn.lower(*args).compile()
+            program = _compile_fresh(fn, args)
             _store(key, program)
         _loaded[key] = program
-    return program(*dynamic)
+    try:   # wait for it: a broken executable fails at run time, not when loaded
+        return jax.block_until_ready(program(*dynamic))
+    except jax.errors.JaxRuntimeError:   # stored, loaded, but broken: never trusted again
+        stats["rejected"] += 1
+        (_directory / f"{key}.program").unlink(missing_ok=True)
+        program = _loaded[key] = _compile_fresh(fn, args)
+        return program(*dynamic)
 
+
+def _compile_fresh(fn, args):
+    """Compile ``fn`` without JAX's persistent cache. An executable JAX loaded from its own cache and
+    serialized again lacks kernels on CPU: loaded in the next process it failed with "NOT_FOUND:
+    Function wrapped_broadcast.1 not found" (a new hermes_jax source changes this store's keys, not
+    JAX's, so every upgrade hit it). A compiler option at its default value is part of JAX's key,
+    so the lookup misses; with the minimum compile time for a cache write raised meanwhile, JAX
+    never writes an entry under that key that a later lookup could hit."""
+    import jax
+
+    floor = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)
+    try:
+        return fn.lower(*args).compile(compiler_options={"xla_embed_ir_in_executable": False})
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", floor)
 
 def _load(key: str):
     from jax.experimental.serialize_executable import deserialize_and_load
