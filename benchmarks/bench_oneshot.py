@@ -7,8 +7,9 @@ Rows, each a fresh process (``hermes-jax simulate SCENARIO --out DIR``, wall sec
 - warm: the same command again (the cache filled by the cold run);
 - steady state: ``simulate`` called again in one process after its first call.
 Scenarios: Vidur's own (Llama-2-70B, A100 TP2, 10,000 requests at 1/s with Azure conversation
-lengths), ten requests of the default scenario, and an idle engine (ten requests in the first
-seconds) over one hour and over one day.
+lengths), ten requests of the default scenario, an idle engine (ten requests in the first
+seconds) over one hour and over one day, and the bundled RAG + KV-retrieval pipeline (rag_kv: 395
+requests through embed, search, rerank, CXL fetch and one engine).
 
 Vidur (microsoft/vidur) runs side by side when ``--vidur-python`` names a Python that can import it
 (its profiles from ``../shared/data/vidur_profiles``); the same scenario: one replica, TP2, vLLM
@@ -43,6 +44,7 @@ SCENARIOS = {
     "ten_requests": (DEFAULT, ["client.chat.max_requests=10"]),
     "idle_hour": (DEFAULT, ["client.chat.max_requests=10", "simulation.horizon_s=3600"]),
     "idle_day": (DEFAULT, ["client.chat.max_requests=10", "simulation.horizon_s=86400"]),
+    "rag_kv": (ROOT / "hermes_jax" / "scenarios" / "rag_kv.toml", []),
 }
 
 
