@@ -35,7 +35,7 @@ from ..pipeline.slopes import Knob, lane_slopes
 from ..sim.differentiable import frame_summaries
 from ..sim.smoothing import Smoothed, _lanes
 from .cost import CostModel, catalog_cost_model
-from .problem import MAXIMISE, MINIMISE, Constraint, ObjectiveAndConstraints, Variable
+from .problem import Constraint, ObjectiveAndConstraints, Variable, check_objective_and_variables
 
 PRICED = ("peak_flops", "hbm_bandwidth", "hbm_capacity")   # the cost model's features
 PRICE_OBJECTIVES = ("usd_per_mtok", "cost_usd", "tokens_per_usd")
@@ -47,10 +47,7 @@ class PipelineDesignProblem(ObjectiveAndConstraints):
                  constraints: Sequence[Constraint] = (), cost_model: CostModel | None = None, penalty: float = 30.0,
                  estimator: Smoothed | None = None, workload=None):
         from ..sim.workload import build_workload
-        if objective not in MINIMISE + MAXIMISE:
-            raise ConfigError(f"design objective {objective!r} unknown; choose one of {', '.join(MINIMISE + MAXIMISE)}")
-        if not variables:
-            raise ConfigError("design: give at least one variable")
+        check_objective_and_variables(objective, variables)
         self.scenario, self.variables, self.objective = scenario, tuple(variables), objective
         self.names = tuple(v.name for v in self.variables)
         self.knobs = [Knob.parse(v.name) for v in self.variables]
@@ -184,9 +181,8 @@ class _PipelineCost:
                 c = resource.devices * float(self.devices.price_per_hour(log)) * horizon / 3600.0
                 idle, peak = float(self.devices.power_idle_w(log)), float(self.devices.power_max_w(log))
                 energy += resource.devices * idle * horizon + (peak - idle) * u["utilization"] * resource.devices * horizon
-            elif resource.kind == "cpu":
-                cores = round(float(resource_params(resource).cpu_cores))
-                c = cores * _core_price(resource) * horizon / 3600.0
+            elif resource.kind == "cpu":   # the simulator's accounting: whole cores at the catalog price
+                c = u["cost_usd"]
                 energy += u["energy_j"]
             else:
                 continue

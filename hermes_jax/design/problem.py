@@ -70,6 +70,13 @@ class Constraint:
         return jnp.maximum(1.0 - value / self.lower, 0.0)
 
 
+def check_objective_and_variables(objective: str, variables) -> None:
+    if objective not in MINIMISE + MAXIMISE:
+        raise ConfigError(f"design objective {objective!r} unknown; choose one of {', '.join(MINIMISE + MAXIMISE)}")
+    if not variables:
+        raise ConfigError("design: give at least one variable")
+
+
 class ObjectiveAndConstraints:
     """What every design problem shares: the penalised objective (CMA-ES), feasibility and the box.
     Subclasses set objective, constraints, penalty, lower and upper."""
@@ -93,10 +100,7 @@ class ObjectiveAndConstraints:
 class DesignProblem(ObjectiveAndConstraints):
     def __init__(self, model: DifferentiableSim, variables: Sequence[Variable], objective: str = "usd_per_mtok",
                  constraints: Sequence[Constraint] = (), cost_model: CostModel | None = None, penalty: float = 30.0):
-        if objective not in MINIMISE + MAXIMISE:
-            raise ConfigError(f"design objective {objective!r} unknown; choose one of {', '.join(MINIMISE + MAXIMISE)}")
-        if not variables:
-            raise ConfigError("design: give at least one variable")
+        check_objective_and_variables(objective, variables)
         self.model, self.variables, self.objective = model, tuple(variables), objective
         self.names = tuple(v.name for v in self.variables)
         self.cost_model = cost_model or catalog_cost_model()

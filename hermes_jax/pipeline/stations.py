@@ -32,7 +32,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ..sim.shapes import bucket
 
@@ -126,12 +125,9 @@ def table_servers(release, size, table, servers: int, max_batch: int = 1):
     n = release.shape[0]
     if n == 0:
         return release, release
-    size = jnp.broadcast_to(jnp.asarray(size, release.dtype), (n,))
-    pad = bucket(n) - n
-    start, finish = _table_servers(jnp.concatenate([release, jnp.full((pad,), LATE, release.dtype)]),
-                                   jnp.concatenate([size, jnp.zeros((pad,), release.dtype)]),
-                                   jnp.asarray(table, release.dtype), jnp.asarray(int(servers), jnp.int32),
-                                   slots=bucket(int(servers), smallest=4), max_batch=int(max_batch))
+    start, finish = _table_servers(*_padded(release, size), jnp.asarray(table, release.dtype),
+                                   jnp.asarray(int(servers), jnp.int32), slots=bucket(int(servers), smallest=4),
+                                   max_batch=int(max_batch))
     return start[:n], finish[:n]
 
 
@@ -144,8 +140,14 @@ def shared_padded(release, work, capacity):
     n = release.shape[0]
     if n == 0:
         return release
+    return _shared(*_padded(release, work), jnp.asarray(capacity, release.dtype))[:n]
+
+
+def _padded(release, per_job):
+    """Release times and a per-job quantity (a scalar or shape (n,)) padded to the bucket by jobs
+    released at ``LATE`` with nothing to do."""
+    n = release.shape[0]
     pad = bucket(n) - n
-    finish = _shared(jnp.concatenate([release, jnp.full((pad,), LATE, release.dtype)]),
-                     jnp.concatenate([jnp.asarray(work, release.dtype), jnp.zeros((pad,), release.dtype)]),
-                     jnp.asarray(capacity, release.dtype))
-    return finish[:n]
+    per_job = jnp.broadcast_to(jnp.asarray(per_job, release.dtype), (n,))
+    return (jnp.concatenate([release, jnp.full((pad,), LATE, release.dtype)]),
+            jnp.concatenate([per_job, jnp.zeros((pad,), release.dtype)]))

@@ -64,7 +64,7 @@ def pool_usage(resource, params, servers: int, busy_s: float, moved_s: float, ho
         return {"kind": "accelerator", "devices": resource.devices, "utilization": utilization, "energy_j": energy,
                 "cost_usd": resource.devices * float(p.price_per_hour) * horizon / 3600.0}
     cpu = default_catalog().get("cpu", get_hardware(resource.hardware).spec.host_cpu, f"resource {resource.name}")
-    cores = float(p.cpu_cores)
+    cores = float(round(float(p.cpu_cores)))   # whole cores, as the pool's servers are counted
     # the catalog's price per core-hour where it has one (a CPU entry of a user's file may not: 0)
     price = float(cpu.get("price_per_core_hour", 0.0))
     return {"kind": "cpu", "cores": cores, "utilization": utilization, "cost_usd": cores * price * horizon / 3600.0,

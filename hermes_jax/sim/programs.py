@@ -88,19 +88,23 @@ def call(fn, static_argnums: tuple[int, ...], *args):
     if key is None:
         return fn(*args)
     program = _loaded.get(key)
+    if program is not None:
+        return program(*dynamic)
+    program = _load(key)
     if program is None:
-        program = _load(key)
-        if program is None:
-            program = _compile_fresh(fn, args)
-            _store(key, program)
+        program = _compile_fresh(fn, args)
+        _store(key, program)
         _loaded[key] = program
-    try:   # wait for it: a broken executable fails at run time, not when loaded
-        return jax.block_until_ready(program(*dynamic))
+        return program(*dynamic)
+    try:   # a program read from disk runs once to the end first: a broken one fails at run time
+        out = jax.block_until_ready(program(*dynamic))
     except jax.errors.JaxRuntimeError:   # stored, loaded, but broken: never trusted again
         stats["rejected"] += 1
         (_directory / f"{key}.program").unlink(missing_ok=True)
-        program = _loaded[key] = _compile_fresh(fn, args)
-        return program(*dynamic)
+        program = _compile_fresh(fn, args)
+        out = program(*dynamic)
+    _loaded[key] = program
+    return out
 
 
 def _compile_fresh(fn, args):
