@@ -63,6 +63,42 @@ def problem_for(overrides, variables):
     return DesignProblem(model, variables, "usd_per_mtok", SLO)
 
 
+def compare_methods(name, problem, methods, gradients, start, budget=BUDGET, seeds=SEEDS):
+    """Run every method with every seed; (Markdown lines, record) of the evaluations each run
+    needed to come within 1% of the best feasible design any run found."""
+    runs = {method: [] for method in methods}
+    for seed in seeds:
+        for method, search in methods.items():
+            runs[method].append(search(problem, seed))
+        print(f"{name}: seed {seed} done ({time.time() - start:.0f} s)", flush=True)
+    bests = [r.best() for rs in runs.values() for r in rs if r.best()]
+    best_value, best_x, _ = min(bests, key=lambda b: b[0])
+    base = problem.metrics_batch(np.zeros((1, len(problem.names))))
+    rec = {"best_usd_per_mtok": best_value, "best_design": problem.describe(best_x),
+           "start_usd_per_mtok": float(base["usd_per_mtok"][0]), "methods": {}}
+    lines = [f"## {name}", "",
+             f"Best design: {problem.describe(best_x)}: {best_value:.4g} $/Mtok (the start design as given: "
+             f"{float(base['usd_per_mtok'][0]):.4g} $/Mtok, feasible: {bool(problem.feasible(base)[0])}).", "",
+             "| method | evaluations to 1% (per seed) | median | best found ($/Mtok, per seed) |", "|---|---|---|---|"]
+    medians = {}
+    for method, rs in runs.items():
+        to = [r.evaluations_to(best_value) for r in rs]
+        counted = [t if t is not None else budget for t in to]
+        medians[method] = float(np.median(counted))
+        shown = ", ".join(str(t) if t is not None else f">{budget}" for t in to)
+        found = ", ".join(f"{r.best()[0]:.4g}" if r.best() else "none" for r in rs)
+        med = f"{medians[method]:.0f}" + ("" if all(t is not None for t in to) else " (censored)")
+        lines.append(f"| {method} | {shown} | {med} | {found} |")
+        rec["methods"][method] = {"evaluations_to_1pct": to, "best": [r.best()[0] if r.best() else None for r in rs],
+                                  "best_design": [problem.describe(r.best()[1]) if r.best() else None for r in rs]}
+    for gradient in gradients:
+        for other in ("random", "cma-es"):
+            lines.append(f"\n{gradient} vs {other}: {medians[other] / medians[gradient]:.1f}x fewer evaluations "
+                         "(median; a censored median bounds the ratio).")
+    lines.append("")
+    return lines, rec
+
+
 def main():
     start = time.time()
     report = {"budget": BUDGET, "seeds": list(SEEDS), "problems": {}}
@@ -80,35 +116,8 @@ def main():
              "population 8. Evaluations to 1%: until a feasible design within 1% of the best any run found.", ""]
     for name, (overrides, variables) in PROBLEMS.items():
         problem = problem_for(overrides, variables)
-        runs = {method: [] for method in METHODS}
-        for seed in SEEDS:
-            for method, search in METHODS.items():
-                runs[method].append(search(problem, seed))
-            print(f"{name}: seed {seed} done ({time.time() - start:.0f} s)", flush=True)
-        bests = [r.best() for rs in runs.values() for r in rs if r.best()]
-        best_value, best_x, _ = min(bests, key=lambda b: b[0])
-        base = problem.metrics_batch(np.zeros((1, len(variables))))
-        rec = {"best_usd_per_mtok": best_value, "best_design": problem.describe(best_x),
-               "start_usd_per_mtok": float(base["usd_per_mtok"][0]), "methods": {}}
-        lines += [f"## {name}", "",
-                  f"Best design: {problem.describe(best_x)}: {best_value:.4g} $/Mtok (the start design as catalogued: "
-                  f"{float(base['usd_per_mtok'][0]):.4g} $/Mtok, feasible: {bool(problem.feasible(base)[0])}).", "",
-                  "| method | evaluations to 1% (per seed) | median | best found ($/Mtok, per seed) |", "|---|---|---|---|"]
-        medians = {}
-        for method, rs in runs.items():
-            to = [r.evaluations_to(best_value) for r in rs]
-            counted = [t if t is not None else BUDGET for t in to]
-            medians[method] = float(np.median(counted))
-            shown = ", ".join(str(t) if t is not None else f">{BUDGET}" for t in to)
-            found = ", ".join(f"{r.best()[0]:.4g}" if r.best() else "none" for r in rs)
-            med = f"{medians[method]:.0f}" + ("" if all(t is not None for t in to) else " (censored)")
-            lines.append(f"| {method} | {shown} | {med} | {found} |")
-            rec["methods"][method] = {"evaluations_to_1pct": to, "best": [r.best()[0] if r.best() else None for r in rs]}
-        for gradient in GRADIENTS:
-            for other in ("random", "cma-es"):
-                lines.append(f"\n{gradient} vs {other}: {medians[other] / medians[gradient]:.1f}x fewer evaluations "
-                             "(median; a censored median bounds the ratio).")
-        lines.append("")
+        section, rec = compare_methods(name, problem, METHODS, GRADIENTS, start)
+        lines += section
         report["problems"][name] = rec
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "design.json").write_text(json.dumps(report, indent=1))

@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a parameter and its multiplier bounds, e.g. hbm_bandwidth=0.5:2 (repeatable; default "
                           "peak_flops=0.25:4 and hbm_bandwidth=0.25:4); on a pipeline scenario any engine's or "
                           "resource's, e.g. resource.search-cpu.cpu_cores=0.25:2 or engine.llm.peak_flops=0.5:2")
+    des.add_argument("--knob", action="append", default=[], metavar="NAME=V1,V2,...",
+                     help="a serving knob of the engine and its allowed values, searched with the hardware "
+                          "(tp, max_batch_size, max_batch_tokens, replicas; the scenario's own value among them), "
+                          "e.g. tp=1,2,4 or max_batch_size=16,32,64,128 (repeatable; single-stage scenarios): the "
+                          "gradient searches relax them between values, then round and re-optimise")
     des.add_argument("--objective", default="usd_per_mtok", help="usd_per_mtok (default), j_per_token, cost_usd, "
                      "energy_j (minimised) or throughput_tokens_s, goodput_rps, tokens_per_usd (maximised)")
     des.add_argument("--slo", action="append", default=[], metavar="METRIC<=V",
@@ -159,6 +164,7 @@ def _design(args) -> None:
                          trust_region_search)
     from .design.pipeline import PipelineDesignProblem
     from .design.problem import MAXIMISE
+    from .design.serving import ServingDesignProblem, ServingKnob, serving_search
     from .design.report import write_design_report
     from .sim.simulate import is_pipeline
     from .sim.differentiable import DifferentiableSim
@@ -185,6 +191,10 @@ def _design(args) -> None:
         else:
             raise ConfigError(f"--slo {item!r}: expected METRIC<=VALUE or METRIC>=VALUE")
     scenario = load_scenario(args.scenario or str(DEFAULT_SCENARIO), args.overrides, _chosen_stack(args))
+    knobs = [ServingKnob.parse(k) for k in args.knob]
+    if knobs and is_pipeline(scenario):
+        raise ConfigError(f"{scenario.source}: --knob works on single-stage scenarios; a pipeline's engines take "
+                          "hardware variables only (--vary engine.NAME.FIELD=LO:HI)")
     if is_pipeline(scenario):
         # variables are knobs (engine.NAME.FIELD, resource.NAME.FIELD); a bare FIELD is the engine's
         engine = args.engine or scenario.engines[0].name
@@ -199,12 +209,15 @@ def _design(args) -> None:
         for c in constraints:
             if c.metric not in known:
                 raise ConfigError(f"--slo {c.metric}: unknown metric; known: {', '.join(sorted(known))}")
-        problem = DesignProblem(model, [Variable(n, lo, hi) for n, (lo, hi) in varied.items()], args.objective,
-                                constraints)
-    search = {"gradient": lambda: gradient_search(problem, budget=args.budget, seed=args.seed,
-                                                  progress=lambda m: print(f"  {m}", flush=True)),
-              "trust-region": lambda: trust_region_search(problem, budget=args.budget, seed=args.seed,
-                                                          progress=lambda m: print(f"  {m}", flush=True)),
+        variables = [Variable(n, lo, hi) for n, (lo, hi) in varied.items()]
+        problem = ServingDesignProblem(scenario, variables, knobs, args.objective, constraints, engine=args.engine) \
+            if knobs else DesignProblem(model, variables, args.objective, constraints)
+    say = lambda m: print(f"  {m}", flush=True)  # noqa: E731
+    gradient = (lambda: serving_search(problem, args.budget, args.seed, gradient_search, progress=say)) if knobs \
+        else (lambda: gradient_search(problem, budget=args.budget, seed=args.seed, progress=say))
+    trust = (lambda: serving_search(problem, args.budget, args.seed, trust_region_search, progress=say)) if knobs \
+        else (lambda: trust_region_search(problem, budget=args.budget, seed=args.seed, progress=say))
+    search = {"gradient": gradient, "trust-region": trust,
               "random": lambda: random_search(problem, args.budget, seed=args.seed),
               "cma-es": lambda: cmaes_search(problem, args.budget, seed=args.seed)}[args.method]
     result = search()

@@ -13,9 +13,13 @@ from .search import SearchResult
 
 
 def designs_frame(problem: DesignProblem, result: SearchResult) -> pd.DataFrame:
-    """One row per evaluated design: multipliers, metrics, feasibility, evaluations so far."""
-    mult = np.exp(np.array(result.points)) if result.points else np.zeros((0, len(problem.names)))
-    df = pd.DataFrame(mult, columns=[f"{n}_x" for n in problem.names])
+    """One row per evaluated design: multipliers (and serving knobs' values), metrics, feasibility,
+    evaluations so far."""
+    points = np.array(result.points) if result.points else np.zeros((0, len(problem.names)))
+    if hasattr(problem, "table"):   # serving knobs are values, not multipliers
+        df = problem.table(points)
+    else:
+        df = pd.DataFrame(np.exp(points), columns=[f"{n}_x" for n in problem.names])
     df = pd.concat([df, pd.DataFrame(result.metrics)], axis=1)
     df["feasible"] = result.feasible
     df["evaluations"] = result.evaluations
@@ -98,8 +102,10 @@ def write_design_report(problem: DesignProblem, result: SearchResult, out) -> li
     (out / "design.md").write_text("\n".join(lines) + "\n")
     df.to_csv(out / "designs.csv", index=False)
     record = {"objective": problem.objective, "method": result.method,
-              "best": None if best is None else {"value": best[0], "multipliers": dict(zip(problem.names, np.exp(best[1]).tolist())),
-                                                 "evaluations": best[2]},
+              "best": None if best is None else {"value": best[0], "multipliers": dict(zip(getattr(problem, "hardware_names", problem.names),
+                                                                               np.exp(best[1]).tolist())),
+                                                 **({"knobs": problem.values(best[1])} if hasattr(problem, "values") else {}),
+                                                 "evaluations": best[2], "design": problem.describe(best[1])},
               "evaluations": result.evaluations[-1] if result.evaluations else 0}
     (out / "design.json").write_text(json.dumps(record, indent=1))
     return [out / "design.md", out / "designs.csv", out / "design.json"] + paths

@@ -25,17 +25,21 @@ class SearchResult:
     objective: list = field(default_factory=list)     # its objective (plain simulation)
     feasible: list = field(default_factory=list)      # its constraints all hold
     metrics: list = field(default_factory=list)       # its objective and constraint metrics {name: value}
+    # False for a relaxed design (serving knobs between values: design.serving), which no one can
+    # run: never the best design, never counted as reaching a target
+    realisable: list = field(default_factory=list)
 
-    def add(self, evals: int, x, value: float, ok: bool, metrics: dict | None = None):
+    def add(self, evals: int, x, value: float, ok: bool, metrics: dict | None = None, realisable: bool = True):
         self.evaluations.append(int(evals))
         self.points.append(np.array(x, float, copy=True))   # optimisers reuse their x buffer
         self.objective.append(float(value))
         self.feasible.append(bool(ok))
         self.metrics.append({k: float(v) for k, v in (metrics or {}).items()})
+        self.realisable.append(bool(realisable))
 
     def best(self, maximise: bool = False):
-        """(objective, x, evaluations) of the best feasible design (None if none was feasible)."""
-        idx = [i for i, ok in enumerate(self.feasible) if ok]
+        """(objective, x, evaluations) of the best feasible realisable design (None if none was)."""
+        idx = [i for i, (ok, real) in enumerate(zip(self.feasible, self.realisable)) if ok and real]
         if not idx:
             return None
         i = max(idx, key=lambda i: self.objective[i]) if maximise else min(idx, key=lambda i: self.objective[i])
@@ -43,8 +47,8 @@ class SearchResult:
 
     def evaluations_to(self, target: float, maximise: bool = False, rel: float = 0.01):
         """Evaluations until a feasible design within ``rel`` of ``target`` was seen (None: never)."""
-        for e, v, ok in zip(self.evaluations, self.objective, self.feasible):
-            if ok and (v >= target * (1 - rel) if maximise else v <= target * (1 + rel)):
+        for e, v, ok, real in zip(self.evaluations, self.objective, self.feasible, self.realisable):
+            if ok and real and (v >= target * (1 - rel) if maximise else v <= target * (1 + rel)):
                 return e
         return None
 
@@ -56,8 +60,10 @@ class _Budget(Exception):
 class CountedEvaluations:
     """A problem's metrics at a design, each design run once and counted against ``budget``: a
     value costs one evaluation, a smoothed Jacobian its lanes (its base lane is the value's, not
-    counted again). Every new design goes into ``result``. Calls return (values (K,), Jacobian
-    (K, P) or None) over the objective and then each constraint's metric."""
+    counted again). A problem that blends several simulations per design (``design.serving``)
+    says what each costs through ``simulations(x, jacobian, value_known)``. Every new design goes
+    into ``result``. Calls return (values (K,), Jacobian (K, P) or None) over the objective and then
+    each constraint's metric."""
 
     def __init__(self, problem, budget: int, result: SearchResult):
         self.problem, self.budget, self.result = problem, budget, result
@@ -69,27 +75,36 @@ class CountedEvaluations:
             raise _Budget
         self.spent += n
 
+    def _cost(self, x, jacobian: bool, value_known: bool) -> int:
+        if hasattr(self.problem, "simulations"):
+            return self.problem.simulations(x, jacobian, value_known)
+        return self.problem.lanes_per_gradient - value_known if jacobian else 1
+
+    def _record(self, x, v):
+        real = self.problem.realisable(x) if hasattr(self.problem, "realisable") else True
+        self.result.add(self.spent, x, float(v[0]), _feasible(self.problem, v[1:]), dict(zip(self.keys, v)), real)
+
     def __call__(self, x, need_jac: bool):
         x = np.array(x, np.float64, copy=True)
         key = tuple(np.round(x, 12))
         if need_jac and key not in self.jacobians:
-            self._spend(self.problem.lanes_per_gradient - (key in self.values))
+            self._spend(self._cost(x, True, key in self.values))
             v = self.values[key] if key in self.values else self.problem.evaluate(x, self.keys)   # the base lane
             self.jacobians[key] = self.problem.jacobian(x, self.keys)
             self.values[key] = v
-            self.result.add(self.spent, x, float(v[0]), _feasible(self.problem, v[1:]), dict(zip(self.keys, v)))
+            self._record(x, v)
         elif key not in self.values:
-            self._spend(1)
+            self._spend(self._cost(x, False, False))
             v = self.problem.evaluate(x, self.keys)
             self.values[key] = v
-            self.result.add(self.spent, x, float(v[0]), _feasible(self.problem, v[1:]), dict(zip(self.keys, v)))
+            self._record(x, v)
         return self.values[key], self.jacobians.get(key)
 
 
 def gradient_search(problem, budget: int = 200, starts: int = 8, seed: int = 0,
-                    progress: Callable[[str], None] | None = None) -> SearchResult:
+                    progress: Callable[[str], None] | None = None, x0=None) -> SearchResult:
     """Sequential quadratic programming (scipy SLSQP) on ln(objective) with the constraints as
-    constraints, not penalties, from the start design (x = 0; with ``seed`` > 0 a random point)
+    constraints, not penalties, from ``x0`` if given, else the start design (x = 0; with ``seed`` > 0 a random point)
     and then random starts until ``budget`` evaluations. One smoothed Jacobian of every metric (``problem.lanes_per_gradient``
     evaluations) gives the objective's and every constraint's gradient at a point; trial points of
     the line search cost one evaluation each (values only)."""
@@ -118,8 +133,9 @@ def gradient_search(problem, budget: int = 200, starts: int = 8, seed: int = 0,
 
     try:
         for k in range(starts):
-            x0 = np.zeros(len(lo)) if k == 0 and seed == 0 else rng.uniform(lo, hi)
-            minimize(fun, x0, jac=fun_jac, bounds=list(zip(lo, hi)), method="SLSQP",
+            start = np.clip(np.asarray(x0, float), lo, hi) if k == 0 and x0 is not None else \
+                np.zeros(len(lo)) if k == 0 and seed == 0 else rng.uniform(lo, hi)
+            minimize(fun, start, jac=fun_jac, bounds=list(zip(lo, hi)), method="SLSQP",
                      constraints=[{"type": "ineq", "fun": cons, "jac": cons_jac}], options={"maxiter": 30, "ftol": 1e-5})
             if progress:
                 progress(f"gradient start {k + 1}/{starts}: {at.spent} evaluations")
@@ -154,8 +170,13 @@ def random_search(problem: DesignProblem, evaluations: int = 400, seed: int = 0,
         ok = np.asarray(problem.feasible(m))
         for i in range(k):
             done += 1
-            result.add(done, xs[i], float(m[problem.objective][i]), bool(ok[i]), _row(problem, m, i))
+            result.add(done, _ran(problem, xs[i]), float(m[problem.objective][i]), bool(ok[i]), _row(problem, m, i))
     return result
+
+
+def _ran(problem, x):
+    """The design a batch evaluation ran for x (serving knobs at their nearest value)."""
+    return problem.rounded(x) if hasattr(problem, "rounded") else x
 
 
 def _row(problem: DesignProblem, m: dict, i: int) -> dict:
@@ -182,5 +203,5 @@ def cmaes_search(problem: DesignProblem, evaluations: int = 400, seed: int = 0, 
         es.tell(list(xs), pen.tolist())
         for i in range(len(xs)):
             done += 1
-            result.add(done, xs[i], float(m[problem.objective][i]), bool(ok[i]), _row(problem, m, i))
+            result.add(done, _ran(problem, xs[i]), float(m[problem.objective][i]), bool(ok[i]), _row(problem, m, i))
     return result

@@ -36,9 +36,9 @@ from .search import CountedEvaluations, SearchResult, _Budget, _margin, _margin_
 
 
 def trust_region_search(problem, budget: int = 200, seed: int = 0, radius: float = 0.5, min_radius: float = 0.02,
-                        penalty: float = 10.0, progress: Callable[[str], None] | None = None) -> SearchResult:
-    """Trust-region SLP (module docstring) from the start design (x = 0; with ``seed`` > 0 a
-    random point), then random restarts until ``budget`` evaluations."""
+                        penalty: float = 10.0, progress: Callable[[str], None] | None = None, x0=None) -> SearchResult:
+    """Trust-region SLP (module docstring) from ``x0`` if given, else the start design (x = 0; with
+    ``seed`` > 0 a random point), then random restarts until ``budget`` evaluations."""
     from scipy.optimize import linprog
     result = SearchResult("gradient (trust region)")
     rng = np.random.default_rng(seed)
@@ -74,7 +74,8 @@ def trust_region_search(problem, budget: int = 200, seed: int = 0, radius: float
     starts = 0
     try:
         while True:
-            x = np.zeros(P) if starts == 0 and seed == 0 else rng.uniform(lo, hi)
+            x = np.clip(np.asarray(x0, float), lo, hi) if starts == 0 and x0 is not None else \
+                np.zeros(P) if starts == 0 and seed == 0 else rng.uniform(lo, hi)
             starts += 1
             r = radius
             v, J = at(x, True)
