@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _design(args) -> None:
+    import numpy as np
+
     from .design import (Constraint, DesignProblem, Variable, cmaes_search, gradient_search, random_search,
                          trust_region_search)
     from .design.pipeline import PipelineDesignProblem
@@ -204,14 +206,18 @@ def _design(args) -> None:
         variables = [Variable(n if "." in n else f"engine.{engine}.{n}", lo, hi) for n, (lo, hi) in varied.items()]
         problem = PipelineDesignProblem(scenario, variables, args.objective, constraints)
     else:
-        model = DifferentiableSim(scenario, engine=args.engine, estimator=Smoothed(scales=(0.1,)))
-        known = model.metrics(model.params)
+        variables = [Variable(n, lo, hi) for n, (lo, hi) in varied.items()]
+        if knobs:   # its start configuration's metrics name the known ones (no extra model)
+            problem = ServingDesignProblem(scenario, variables, knobs, args.objective, constraints, engine=args.engine)
+            known = problem.metrics_batch(np.zeros((1, len(problem.names))))
+        else:
+            model = DifferentiableSim(scenario, engine=args.engine, estimator=Smoothed(scales=(0.1,)))
+            known = model.metrics(model.params)
         for c in constraints:
             if c.metric not in known:
                 raise ConfigError(f"--slo {c.metric}: unknown metric; known: {', '.join(sorted(known))}")
-        variables = [Variable(n, lo, hi) for n, (lo, hi) in varied.items()]
-        problem = ServingDesignProblem(scenario, variables, knobs, args.objective, constraints, engine=args.engine) \
-            if knobs else DesignProblem(model, variables, args.objective, constraints)
+        if not knobs:
+            problem = DesignProblem(model, variables, args.objective, constraints)
     say = lambda m: print(f"  {m}", flush=True)  # noqa: E731
     gradient = (lambda: serving_search(problem, args.budget, args.seed, gradient_search, progress=say)) if knobs \
         else (lambda: gradient_search(problem, budget=args.budget, seed=args.seed, progress=say))

@@ -55,8 +55,9 @@ def pytest_terminal_summary(terminalreporter):
                                     f"{mappings.cleared} time(s)")
 
 
-# Modules whose configurations no other test compiles run last: their mappings would otherwise
-# push the suite past the clearing share and make every later module compile its programs again.
+# Modules whose configurations no other test compiles run last: if their mappings push the process
+# past the clearing share, no later module has to compile its programs again (the first full run with
+# test_serving_design in alphabetical order cleared the caches once and took 931 s).
 RUN_LAST = ("test_serving_design",)
 
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from hermes_jax.design import Constraint, trust_region_search
-from hermes_jax.design.problem import DesignProblem
+from hermes_jax.design.problem import ObjectiveAndConstraints
 
 EDGE = 0.9    # below this capacity the "queue" saturates: latency jumps by 5
 
 
-class Cliff:
+class Cliff(ObjectiveAndConstraints):
     """cost = 3 e^x0 + e^x1, latency = e^-x0 + e^-x1 (+ 5 below the edge) <= 2.5; the optimum
     e^x0 = 0.9 (the edge), e^x1 = 1 / (2.5 - 1 / 0.9): cost 3.42. Jacobians: central differences
     at a log-shift of 0.1, as the smoothed estimator takes them (they see the jump as a slope)."""
@@ -19,8 +19,8 @@ class Cliff:
     objective = "usd_per_mtok"
     constraints = (Constraint("ttft_p99_s", upper=2.5),)
     lower, upper = np.log([0.25, 0.25]), np.log([4.0, 4.0])
+    names = ("capacity", "other")
     lanes_per_gradient = 5
-    penalised = DesignProblem.penalised
     penalty = 30.0
 
     def __init__(self):

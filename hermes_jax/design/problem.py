@@ -24,6 +24,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 
 from ..errors import ConfigError
 from ..sim.accounting import device_cost_usd, device_energy_j
@@ -78,8 +79,10 @@ def check_objective_and_variables(objective: str, variables) -> None:
 
 
 class ObjectiveAndConstraints:
-    """What every design problem shares: the penalised objective (CMA-ES), feasibility and the box.
-    Subclasses set objective, constraints, penalty, lower and upper."""
+    """What every design problem shares: the penalised objective (CMA-ES), feasibility, the box, and
+    how a design is counted and shown. Subclasses set names, objective, constraints, penalty, lower,
+    upper and lanes_per_gradient; one whose designs are not all runnable (``design.serving``:
+    serving knobs between values) overrides the last four methods."""
 
     def penalised(self, m: dict):
         value = m[self.objective]
@@ -95,6 +98,24 @@ class ObjectiveAndConstraints:
 
     def clip(self, x):
         return jnp.clip(x, self.lower, self.upper)
+
+    def simulations(self, x, jacobian: bool, value_known: bool) -> int:
+        """Simulator evaluations a value at x costs (one), or a smoothed Jacobian (its lanes; the
+        base lane is the value's, not counted again when known)."""
+        return self.lanes_per_gradient - value_known if jacobian else 1
+
+    def realisable(self, x) -> bool:
+        """Whether design x is one that can run (every design here)."""
+        return True
+
+    def rounded(self, x):
+        """The design a batch evaluation runs for x (x itself here)."""
+        return x
+
+    def table(self, points) -> pd.DataFrame:
+        """One row per design (rows of ``points``): its multipliers, ``NAME_x``."""
+        points = np.asarray(points, float).reshape(-1, len(self.names))
+        return pd.DataFrame(np.exp(points), columns=[f"{n}_x" for n in self.names])
 
 
 class DesignProblem(ObjectiveAndConstraints):

@@ -15,11 +15,7 @@ from .search import SearchResult
 def designs_frame(problem: DesignProblem, result: SearchResult) -> pd.DataFrame:
     """One row per evaluated design: multipliers (and serving knobs' values), metrics, feasibility,
     evaluations so far."""
-    points = np.array(result.points) if result.points else np.zeros((0, len(problem.names)))
-    if hasattr(problem, "table"):   # serving knobs are values, not multipliers
-        df = problem.table(points)
-    else:
-        df = pd.DataFrame(np.exp(points), columns=[f"{n}_x" for n in problem.names])
+    df = problem.table(np.array(result.points) if result.points else np.zeros((0, len(problem.names))))
     df = pd.concat([df, pd.DataFrame(result.metrics)], axis=1)
     df["feasible"] = result.feasible
     df["evaluations"] = result.evaluations
@@ -46,6 +42,13 @@ def meets(df: pd.DataFrame, constraints) -> np.ndarray:
         v = df[c.metric].to_numpy()
         ok &= (v <= c.upper) if c.upper is not None else (v >= c.lower)
     return ok
+
+
+def _variables(problem, x) -> dict:
+    """Design x's hardware multipliers and serving knobs' values (``table`` columns NAME_x and NAME)."""
+    row = problem.table(x).iloc[0]
+    return {"multipliers": {n: float(row[f"{n}_x"]) for n in problem.names if f"{n}_x" in row},
+            "knobs": {n: float(row[n]) for n in problem.names if n in row}}
 
 
 def write_design_report(problem: DesignProblem, result: SearchResult, out) -> list[Path]:
@@ -102,10 +105,8 @@ def write_design_report(problem: DesignProblem, result: SearchResult, out) -> li
     (out / "design.md").write_text("\n".join(lines) + "\n")
     df.to_csv(out / "designs.csv", index=False)
     record = {"objective": problem.objective, "method": result.method,
-              "best": None if best is None else {"value": best[0], "multipliers": dict(zip(getattr(problem, "hardware_names", problem.names),
-                                                                               np.exp(best[1]).tolist())),
-                                                 **({"knobs": problem.values(best[1])} if hasattr(problem, "values") else {}),
-                                                 "evaluations": best[2], "design": problem.describe(best[1])},
+              "best": None if best is None else {"value": best[0], "design": problem.describe(best[1]), "evaluations": best[2],
+                                                 **_variables(problem, best[1])},
               "evaluations": result.evaluations[-1] if result.evaluations else 0}
     (out / "design.json").write_text(json.dumps(record, indent=1))
     return [out / "design.md", out / "designs.csv", out / "design.json"] + paths

@@ -60,8 +60,8 @@ class _Budget(Exception):
 class CountedEvaluations:
     """A problem's metrics at a design, each design run once and counted against ``budget``: a
     value costs one evaluation, a smoothed Jacobian its lanes (its base lane is the value's, not
-    counted again). A problem that blends several simulations per design (``design.serving``)
-    says what each costs through ``simulations(x, jacobian, value_known)``. Every new design goes
+    counted again; ``problem.simulations`` says so, and a problem that blends several simulations
+    per design, ``design.serving``, says more). Every new design goes
     into ``result``. Calls return (values (K,), Jacobian (K, P) or None) over the objective and then
     each constraint's metric."""
 
@@ -75,26 +75,21 @@ class CountedEvaluations:
             raise _Budget
         self.spent += n
 
-    def _cost(self, x, jacobian: bool, value_known: bool) -> int:
-        if hasattr(self.problem, "simulations"):
-            return self.problem.simulations(x, jacobian, value_known)
-        return self.problem.lanes_per_gradient - value_known if jacobian else 1
-
     def _record(self, x, v):
-        real = self.problem.realisable(x) if hasattr(self.problem, "realisable") else True
-        self.result.add(self.spent, x, float(v[0]), _feasible(self.problem, v[1:]), dict(zip(self.keys, v)), real)
+        self.result.add(self.spent, x, float(v[0]), _feasible(self.problem, v[1:]), dict(zip(self.keys, v)),
+                        self.problem.realisable(x))
 
     def __call__(self, x, need_jac: bool):
         x = np.array(x, np.float64, copy=True)
         key = tuple(np.round(x, 12))
         if need_jac and key not in self.jacobians:
-            self._spend(self._cost(x, True, key in self.values))
+            self._spend(self.problem.simulations(x, True, key in self.values))
             v = self.values[key] if key in self.values else self.problem.evaluate(x, self.keys)   # the base lane
             self.jacobians[key] = self.problem.jacobian(x, self.keys)
             self.values[key] = v
             self._record(x, v)
         elif key not in self.values:
-            self._spend(self._cost(x, False, False))
+            self._spend(self.problem.simulations(x, False, False))
             v = self.problem.evaluate(x, self.keys)
             self.values[key] = v
             self._record(x, v)
@@ -170,13 +165,8 @@ def random_search(problem: DesignProblem, evaluations: int = 400, seed: int = 0,
         ok = np.asarray(problem.feasible(m))
         for i in range(k):
             done += 1
-            result.add(done, _ran(problem, xs[i]), float(m[problem.objective][i]), bool(ok[i]), _row(problem, m, i))
+            result.add(done, problem.rounded(xs[i]), float(m[problem.objective][i]), bool(ok[i]), _row(problem, m, i))
     return result
-
-
-def _ran(problem, x):
-    """The design a batch evaluation ran for x (serving knobs at their nearest value)."""
-    return problem.rounded(x) if hasattr(problem, "rounded") else x
 
 
 def _row(problem: DesignProblem, m: dict, i: int) -> dict:
@@ -203,5 +193,5 @@ def cmaes_search(problem: DesignProblem, evaluations: int = 400, seed: int = 0, 
         es.tell(list(xs), pen.tolist())
         for i in range(len(xs)):
             done += 1
-            result.add(done, _ran(problem, xs[i]), float(m[problem.objective][i]), bool(ok[i]), _row(problem, m, i))
+            result.add(done, problem.rounded(xs[i]), float(m[problem.objective][i]), bool(ok[i]), _row(problem, m, i))
     return result

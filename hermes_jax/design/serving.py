@@ -36,7 +36,7 @@ import pandas as pd
 from ..errors import ConfigError
 from .problem import MAXIMISE, Constraint, DesignProblem, ObjectiveAndConstraints, Variable, \
     check_objective_and_variables
-from .search import SearchResult, gradient_search
+from .search import SearchResult, _feasible, gradient_search
 
 SERVING_KNOBS = ("tp", "max_batch_size", "max_batch_tokens", "replicas")
 """Engine fields a design may choose (``max_batch_tokens`` is the chunk size under the chunked
@@ -78,9 +78,14 @@ class ServingKnob:
 
 class ServingDesignProblem(ObjectiveAndConstraints):
     """Hardware multipliers (``Variable``) and serving knobs (``ServingKnob``) of one engine of a
-    single-stage scenario. x = (ln multipliers, knob coordinates); x = 0 is the scenario as given.
-    Each configuration of the knobs is a ``DesignProblem`` of its own, built when first needed
-    (one compile each), with the same objective, constraints and price model."""
+    single-stage scenario. A design x (P + K,) is P natural logs of multipliers (differentiable:
+    smoothed Jacobians) then K knob coordinates (index in the knob's values minus ``base``; not
+    differentiable, relaxed as the module doc says); x = 0 is the scenario as given. Each
+    configuration of the knobs is a ``DesignProblem`` of its own, built when first needed (one
+    compile each), with the same objective, constraints and price model.
+
+    base: (K,) int, each knob's index of the scenario's own value. lower, upper: (P + K,) bounds of x.
+    """
 
     def __init__(self, scenario, variables: Sequence[Variable], knobs: Sequence[ServingKnob],
                  objective: str = "usd_per_mtok", constraints: Sequence[Constraint] = (), engine: str | None = None,
@@ -96,20 +101,19 @@ class ServingDesignProblem(ObjectiveAndConstraints):
                               f"({', '.join(e.name for e in scenario.engines)})")
         self.entry = scenario.engine(engine) if engine else scenario.engines[0]
         self.scenario, self.variables, self.knobs, self.objective = scenario, tuple(variables), tuple(knobs), objective
-        self.base = []
         for k in self.knobs:
             own = getattr(self.entry, k.name)
             if own not in k.values:
                 raise ConfigError(f"serving knob {k.name}: the scenario's own value {own} must be among the values "
                                   f"{list(k.values)} (the search starts there)")
-            self.base.append(k.values.index(own))
-        self.base = np.array(self.base)
+        self.base = np.array([k.values.index(getattr(self.entry, k.name)) for k in self.knobs])
         self.hardware_names = tuple(v.name for v in self.variables)
         self.names = self.hardware_names + tuple(k.name for k in self.knobs)
         self.estimator = estimator if estimator is not None else Smoothed(scales=(0.1,))
         self.penalty = penalty
         self._check_layouts()
         self._configs: dict[tuple, DesignProblem] = {}
+        self._last: tuple = (None, {})   # (hardware x, keys) and {configuration: its values there}
         self._cost_model, self._user_constraints = cost_model, tuple(constraints)
         start = self.configuration(tuple(self.base))
         self.cost_model = start.cost_model
@@ -166,8 +170,8 @@ class ServingDesignProblem(ObjectiveAndConstraints):
         return bool(np.all(np.abs(z - np.round(z)) < 1e-9))
 
     def _corners(self, x, need_jac: bool):
-        """[(index tuple, weight)] of the configurations blended at x, and the lower corner and
-        fractions per knob. Without ``need_jac`` corners of zero weight are left out."""
+        """([(configuration index, weight, upper flags)], (K,) fractions t) of the configurations
+        blended at x. Without ``need_jac`` corners of zero weight are left out."""
         z = np.asarray(x, float)[len(self.variables):] + self.base
         sizes = np.array([len(k.values) for k in self.knobs])
         z = np.clip(z, 0, sizes - 1)
@@ -196,11 +200,21 @@ class ServingDesignProblem(ObjectiveAndConstraints):
     def _hw(self, x):
         return jnp.asarray(np.asarray(x, float)[:len(self.variables)] if self.variables else np.zeros(1))
 
+    def _value(self, index, xh, keys) -> np.ndarray:
+        """A configuration's plain ``keys`` metrics at hardware xh, kept for the last xh (a Jacobian
+        right after the value at the same design does not simulate its corners again)."""
+        at = (tuple(np.asarray(xh).tolist()), tuple(keys))
+        if self._last[0] != at:
+            self._last = (at, {})
+        if index not in self._last[1]:
+            self._last[1][index] = self.configuration(index).evaluate(xh, keys)
+        return self._last[1][index]
+
     def evaluate(self, x, keys) -> np.ndarray:
         """The blended plain simulations' ``keys`` metrics at x."""
         corners, _ = self._corners(x, False)
         xh = self._hw(x)
-        return sum(w * self.configuration(i).evaluate(xh, keys) for i, w, _ in corners)
+        return sum(w * self._value(i, xh, keys) for i, w, _ in corners)
 
     def jacobian(self, x, keys) -> np.ndarray:
         """(K, P + knobs): blended smoothed Jacobians in the hardware variables, neighbour
@@ -210,10 +224,9 @@ class ServingDesignProblem(ObjectiveAndConstraints):
         P = len(self.variables)
         J = np.zeros((len(keys), P + len(self.knobs)))
         for index, w, upper in corners:
-            prob = self.configuration(index)
-            value = prob.evaluate(xh, keys)
+            value = self._value(index, xh, keys)
             if w > 0 and P:
-                J[:, :P] += w * prob.jacobian(xh, keys)
+                J[:, :P] += w * self.configuration(index).jacobian(xh, keys)
             for k, (tk, u) in enumerate(zip(t, upper)):
                 others = np.prod([tj if uj else 1 - tj for j, (tj, uj) in enumerate(zip(t, upper)) if j != k])
                 J[:, P + k] += (1.0 if u else -1.0) * others * value
@@ -249,7 +262,7 @@ class ServingDesignProblem(ObjectiveAndConstraints):
     def describe(self, x) -> str:
         mult = np.exp(np.asarray(x, float)[:len(self.variables)])
         parts = [f"{k} x{v:.3g}" for k, v in zip(self.hardware_names, mult)]
-        parts += [f"{k} = {v:.3g}" for k, v in self.values(x).items()]
+        parts += [f"{k} = {v:.6g}" for k, v in self.values(x).items()]
         return ", ".join(parts) + ("" if self.realisable(x) else " (relaxed)")
 
     def table(self, points) -> pd.DataFrame:
@@ -304,12 +317,7 @@ def serving_search(problem: ServingDesignProblem, budget: int = 200, seed: int =
             keys = [problem.objective] + [c.metric for c in problem.constraints]
             v = sub.evaluate(jnp.zeros(1), keys)
             spent += 1
-            result.add(spent, z, float(v[0]), all(_holds(c, float(m)) for c, m in zip(problem.constraints, v[1:])),
-                       dict(zip(keys, v)))
+            result.add(spent, z, float(v[0]), _feasible(problem, v[1:]), dict(zip(keys, v)))
         if progress:
             progress(f"rounded to {problem.describe(np.concatenate([np.asarray(x_star[:P]), z]))}: {spent} evaluations")
     return result
-
-
-def _holds(c: Constraint, value: float) -> bool:
-    return value <= c.upper if c.upper is not None else value >= c.lower
