@@ -3,6 +3,7 @@ rule of the stack changes.
 
     python calibration/explore_vllm_static.py [DEVICE ...]               # about 1 min per device on 2 cores
     python calibration/explore_vllm_static.py --rules [DEVICE ...]       # the fit with and without the rule
+    python calibration/explore_vllm_static.py --overflow [DEVICE ...]    # preempting schedule vs waves
 
 Runs the same fit as ``fit_stacks.py`` (``hermes_jax.calibrate.static_fit.calibrate_static``: vLLM on
 H100 and A100-40GB by default, Qwen2-7B and Llama-3-70B held out) and prints predicted / measured
@@ -10,7 +11,9 @@ end-to-end latency per model, TP, length and batch, with the fitted values and t
 ``--rules`` fits each device twice, with vLLM's decode-attention rule (``kernels.kv_reads``:
 PagedAttention for sliding-window models on CUDA, for every model on ROCm) and with every model on
 a grouped-KV kernel, and prints the error per split and model of both, after the measured step
-time of Mistral-7B-v0.1 over that of GQA models of its size without a sliding window. It writes nothing; the
+time of Mistral-7B-v0.1 over that of GQA models of its size without a sliding window. ``--overflow``
+fits each device twice, pricing batches that overflow the KV cache on vLLM's preempting schedule
+(``stacks.preemption``) and in waves, and prints the error of those rows under each. It writes nothing; the
 shipped profiles come from ``fit_stacks.py``.
 """
 
@@ -70,15 +73,42 @@ def compare_rules(table, devices):
     print(table.round(1).to_string())
 
 
+def compare_overflow(table, devices):
+    """Fit each device with vLLM's preempting schedule and with waves for batches that overflow the
+    KV cache; error of the overflowing rows (fitted and held out together: few of them) and of all
+    held-out rows under each."""
+    shipped = get_stack("vllm")
+    out = []
+    for policy in ("preempt", "waves"):
+        register_stack(dataclasses.replace(shipped, overflow=policy))
+        try:
+            for device in devices:
+                _, result = fit(table, device)
+                r = result.rows.assign(ratio=result.rows.after / result.rows.latency_s)
+                over = r[~r.fits]
+                out.append({"device": device, "policy": policy, "overflow rows": len(over),
+                            "overflow median ratio": over.ratio.median(),
+                            "overflow MAPE %": 100 * (over.ratio - 1).abs().mean(),
+                            "held-out MAPE %": 100 * (r[r.split == "test"].ratio - 1).abs().mean(),
+                            "all rows MAPE %": 100 * (r.ratio - 1).abs().mean()})
+        finally:
+            register_stack(shipped)
+    print("vLLM static batches that overflow the KV cache: preempting schedule vs waves (each fitted):")
+    print(pd.DataFrame(out).set_index(["device", "policy"]).round(2).to_string())
+
+
 def main():
     args = sys.argv[1:]
-    rules = "--rules" in args
-    devices = [a for a in args if a != "--rules"] or ["h100-sxm", "a100-40gb"]
+    rules, overflow = "--rules" in args, "--overflow" in args
+    devices = [a for a in args if a not in ("--rules", "--overflow")] or ["h100-sxm", "a100-40gb"]
     table = read_static_batch(DATA / "All_results.csv")
     print(table.summary())
     pd.set_option("display.width", 200)
     if rules:
         compare_rules(table, devices)
+        return
+    if overflow:
+        compare_overflow(table, devices)
         return
     for device in devices:
         rows, result = fit(table, device)

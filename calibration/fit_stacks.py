@@ -3,7 +3,8 @@
     python calibration/fit_stacks.py      # about 20 min on 2 cores
 
 For every (stack, device) with measured static-batch runs (vLLM, TensorRT-LLM, DeepSpeed-MII on
-A100-40GB, H100, GH200, MI300X, and MI250 GCDs, two per package; Habana's DeepSpeed on Gaudi 2):
+A100-40GB, H100, GH200, MI300X, MI250 GCDs (two per package) and Intel Max 1550; Habana's DeepSpeed on
+Gaudi 2):
 start from the kernel-level fits of Vidur's measured profiles (``sarathi-2024``; the catalog's values where there are none), hold out
 whole models (qwen2-7b and llama-3-70b where measured, else the listed fallback), fit the stack
 parameter set (``hermes_jax.calibrate.static_fit.DEFAULT_NAMES``, plus ``KERNEL_NAMES`` where no
@@ -44,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "llm_inference_bench"
 RESULTS = ROOT / "calibration" / "results" / "stacks"
 FITS = [("vllm", "h100-sxm"), ("vllm", "a100-40gb"), ("vllm", "gh200"), ("vllm", "mi300x"), ("vllm", "mi250-gcd"),
+        ("vllm", "max1550"),
         ("trt-llm", "h100-sxm"), ("trt-llm", "a100-40gb"), ("trt-llm", "gh200"), ("deepspeed-mii", "a100-40gb"),
         ("deepspeed", "gaudi2")]
 HELD_OUT = ["qwen2-7b", "llama-3-70b"]

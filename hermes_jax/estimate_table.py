@@ -15,7 +15,8 @@ from .kernels.roofline import RooflineOptions
 from .models.config import get_model, load_hf_config
 from .models.operators import Parallelism
 from .stacks import get_stack
-from .stacks.kv import kv_capacity, static_batch_in_waves, static_waves
+from .stacks.kv import kv_capacity, overflow_schedule, static_batch_in_waves, static_waves
+from .stacks.preemption import scheduled_time
 
 GROUP_ORDER = ("embedding", "norms", "projections", "attention", "mlp", "moe", "lm_head", "communication", "host")
 
@@ -96,12 +97,20 @@ def estimate_rows(args, chosen_stack) -> list[dict]:
         }
         reason = _impossible(engine, stack, cap, waves, prompt, output)
         if reason:
-            rows.append({**row, "impossible": reason, "prefill_s": None, "decode_step_s": None, "tpot_s": None,
-                         "e2e_s": None, "prefill_groups": {}, "decode_groups": {}})
+            rows.append({**row, "impossible": reason, "overflow": None, "preemptions": None, "recomputed_tokens": None,
+                         "prefill_s": None, "decode_step_s": None, "tpot_s": None, "e2e_s": None,
+                         "prefill_groups": {}, "decode_groups": {}})
             continue
         e2e, est = static_batch_in_waves(engine, hardware.params, waves.per_wave, waves.full, waves.last, prompt,
                                          output)
-        rows.append({**row, "prefill_s": float(est.prefill_s), "decode_step_s": float(est.decode_step_s),
+        prefill_s = est.prefill_s
+        schedule = overflow_schedule(engine, cap, stack, waves, batch, prompt, output)
+        if schedule is not None:  # admitted by current length, preempted when blocks run out
+            (e2e,), (prefill_s,) = scheduled_time(engine, hardware.params, [schedule])
+        row.update(overflow=None if waves.fits else ("preempt" if schedule else "waves"),
+                   preemptions=schedule.preemptions if schedule else 0,
+                   recomputed_tokens=schedule.recomputed_tokens if schedule else 0)
+        rows.append({**row, "prefill_s": float(prefill_s), "decode_step_s": float(est.decode_step_s),
                      "tpot_s": float(est.tpot_s), "e2e_s": float(e2e),
                      "prefill_groups": group_bounds(engine, est.prefill),
                      "decode_groups": group_bounds(engine, est.decode_first) if output > 1 else {}})
@@ -117,7 +126,12 @@ def print_table(rows: list[dict]) -> None:
         if row["impossible"]:
             print(f"  impossible: {row['impossible']}\n")
             continue
-        if not row["fits"]:
+        if row["overflow"] == "preempt":
+            print(f"  does not fit at once: {row['missing_bytes_per_device'] / gb:.2f} GB more KV per device than "
+                  f"the {row['kv_blocks_per_device']} blocks of {row['kv_rule']}'s rule; admitted by current length "
+                  f"({row['preemptions']} preempted, {row['recomputed_tokens']} tokens prefilled again) (times below: the "
+                  "whole batch; prefill: the steps before the first decode step)")
+        elif not row["fits"]:
             print(f"  does not fit at once: {row['missing_bytes_per_device'] / gb:.2f} GB more KV per device than "
                   f"the {row['kv_blocks_per_device']} blocks of {row['kv_rule']}'s rule; runs in {row['waves']} waves "
                   f"of up to {row['per_wave']} requests (times below: the whole batch, first wave's prefill)")

@@ -7,6 +7,7 @@ import pytest
 from hermes_jax import (ConfigError, EngineSpec, Parallelism, check_fits, get_hardware, get_model, load_hf_config,
                         static_batch)
 from hermes_jax.cli import main
+from hermes_jax.stacks.preemption import preempt_schedule, scheduled_time
 from hermes_jax.hardware.catalog import FILES, REQUIRED, Catalog, default_catalog, hardware_names
 from hermes_jax.models.config import model_names
 
@@ -135,22 +136,32 @@ def test_cli_errors_exit_2_with_message(capsys):
     assert "no grid point can run" in out.err and "impossible: weights 138.0 GB" in out.out
 
 
-def test_cli_grid_never_aborts_points_run_in_waves_or_say_why_not(capsys):
-    """One grid with a point that fits, one that runs in waves of what the KV cache holds and one
-    that cannot run: exit 0, every point reported, waves costed as whole waves plus the partial one."""
+def test_cli_grid_never_aborts_points_run_as_their_stack_runs_them_or_say_why_not(capsys):
+    """One grid with a point that fits, one that overflows the KV cache and one that cannot run: exit
+    0, every point reported. vLLM's overflow is costed on its preempting schedule; a waves stack's as
+    whole waves plus the partial one."""
     argv = ["estimate", "--model", "llama-2-70b", "--hardware", "a100-80gb", "--tp", "1,2", "--batch", "1,64",
             "--prompt", "2048", "--output", "64", "--stack", "vllm", "--json"]
     assert main(argv) == 0
     rows = {(r["tp"], r["batch"]): r for r in map(json.loads, capsys.readouterr().out.splitlines())}
     assert len(rows) == 4
     assert rows[(1, 1)]["impossible"] and rows[(1, 1)]["e2e_s"] is None
-    fits, waved = rows[(2, 1)], rows[(2, 64)]
-    assert fits["fits"] and fits["waves"] == 1 and fits["missing_bytes_per_device"] == 0
-    assert not waved["fits"] and waved["waves"] > 1 and waved["missing_bytes_per_device"] > 0
+    fits, over = rows[(2, 1)], rows[(2, 64)]
+    assert fits["fits"] and fits["waves"] == 1 and fits["missing_bytes_per_device"] == 0 and fits["overflow"] is None
+    assert not over["fits"] and over["missing_bytes_per_device"] > 0 and over["overflow"] == "preempt"
+    hw = get_hardware("a100-80gb", stack="vllm")
+    engine = EngineSpec(get_model("llama-2-70b"), hw.spec, Parallelism(tp=2))
+    schedule = preempt_schedule(over["kv_blocks_per_device"], 16, 64, 2048, 64)
+    assert over["e2e_s"] == pytest.approx(float(scheduled_time(engine, hw.params, [schedule])[0][0]), rel=1e-6)
+
+    assert main(["estimate", "--model", "llama-2-70b", "--hardware", "a100-80gb", "--tp", "2", "--batch", "64",
+                 "--prompt", "2048", "--output", "64", "--stack", "trt-llm", "--json"]) == 0
+    waved = json.loads(capsys.readouterr().out)
+    assert not waved["fits"] and waved["waves"] > 1 and waved["overflow"] == "waves"
     per_wave = waved["per_wave"]
     full, last = divmod(64, per_wave)
     assert waved["waves"] == full + (last > 0)
-    hw = get_hardware("a100-80gb", stack="vllm")
+    hw = get_hardware("a100-80gb", stack="trt-llm")
     engine = EngineSpec(get_model("llama-2-70b"), hw.spec, Parallelism(tp=2))
     expected = full * float(static_batch(engine, hw.params, per_wave, 2048, 64).e2e_s)
     if last:

@@ -9,7 +9,7 @@ import pytest
 
 from hermes_jax import ConfigError, EngineSpec, Parallelism, get_hardware, get_model, static_batch
 from hermes_jax.calibrate.fit import Bound, LogSquared, Prior, fit_parameters
-from hermes_jax.calibrate.readers import read_static_batch
+from hermes_jax.calibrate.readers import EXCLUDED_HARDWARE, read_static_batch
 from hermes_jax.calibrate.static import StaticBatchTable
 from hermes_jax.stacks import StackProfile, get_stack, load_stack_file, profiles_from_toml
 from hermes_jax.stacks.kv import kv_capacity, static_waves
@@ -67,7 +67,11 @@ def test_inference_bench_reader_keeps_every_row_accounted():
     table = read_static_batch(DATA / "All_results.csv")
     raw = pd.read_csv(DATA / "All_results.csv")
     assert len(table.rows) + len(table.skipped) == len(raw)
-    assert set(table.skipped.reason) <= {"model not in the catalog", "device not in the catalog", "no latency measured"}
+    assert set(table.skipped.reason) <= {"model not in the catalog", "device not in the catalog", "no latency measured",
+                                         *EXCLUDED_HARDWARE.values()}
+    pvc = table.skipped[table.skipped.hardware == "Intel PVC GPU"]
+    assert len(pvc) and (pvc.reason == EXCLUDED_HARDWARE["Intel PVC GPU"]).all()
+    assert (table.rows.hardware == "max1550").sum() == 24
     first = table.rows.iloc[0]
     assert raw.iloc[first.line - 2].Latency == pytest.approx(first.latency_s)
     # An MI250 package is two GCDs, each a device to ROCm: N packages run tensor parallel over 2N.

@@ -1,8 +1,9 @@
 """Static-batch predictions of a measurement table, as a differentiable function of the parameters.
 
 Rows are grouped by (model, tp): one ``EngineSpec`` each, so one compiled estimate serves all their
-batches and lengths. A batch whose KV cache does not fit under the stack's sizing rule runs in waves
-of what fits (``stacks.kv.static_waves``); a row where not even one request fits is reported in
+batches and lengths. A batch whose KV cache does not fit under the stack's sizing rule runs the way
+the stack runs it: in waves of what fits (``stacks.kv.static_waves``) or, for a preempting stack
+(vLLM), on the schedule of ``stacks.preemption``; a row where not even one request fits is reported in
 ``impossible`` with the reason, never silently dropped.
 """
 
@@ -20,7 +21,8 @@ from ..hardware.catalog import SystemSpec
 from ..hardware.params import HardwareParams
 from ..models.config import dtype_bytes, get_model
 from ..models.operators import Parallelism
-from ..stacks.kv import kv_capacity, static_batch_in_waves, static_waves
+from ..stacks.kv import kv_capacity, overflow_schedule, static_batch_in_waves, static_waves
+from ..stacks.preemption import Schedule, scheduled_time
 from ..stacks.profile import StackProfile
 
 
@@ -33,6 +35,8 @@ class _Group:
     last: np.ndarray           # requests in the last partial wave
     prompt: np.ndarray
     output: np.ndarray
+    scheduled: np.ndarray      # positions (within the group) of rows run on a preempting schedule
+    schedules: list[Schedule]  # their schedules
 
 
 def datasheet_floor(engine: EngineSpec, params: HardwareParams, batch, prompt, output) -> np.ndarray:
@@ -92,23 +96,34 @@ class StaticBatchTable:
             g, waves = g[ok], [w for w, o in zip(waves, ok) if o]
             if g.empty:
                 continue
+            schedules = [overflow_schedule(engine, cap, stack, w, int(r.batch), int(r.input), int(r.output))
+                         for w, r in zip(waves, g.itertuples())]
+            scheduled = np.array([k for k, sch in enumerate(schedules) if sch is not None], int)
             self.groups.append(_Group(engine, g.index.to_numpy(), np.array([w.per_wave for w in waves], float),
                                       np.array([w.full for w in waves], float), np.array([w.last for w in waves], float),
-                                      g.input.to_numpy(float), g.output.to_numpy(float)))
+                                      g.input.to_numpy(float), g.output.to_numpy(float), scheduled,
+                                      [schedules[k] for k in scheduled]))
         self.impossible = pd.DataFrame(impossible, columns=["row", "reason"])
         self.keep = keep
         self.waves = np.zeros(len(rows))
+        self.preemptions = np.zeros(len(rows), int)   # requests preempted (preempting stacks' overflow rows)
         for g in self.groups:
             self.waves[g.index] = g.full + (g.last > 0)
+            self.preemptions[g.index[g.scheduled]] = [sch.preemptions for sch in g.schedules]
 
     def predict(self, params: HardwareParams):
         """(latency_s, ttft_s) per kept row (order of ``rows[keep]``), differentiable in ``params``."""
         lat, ttft, index = [], [], []
         for g in self.groups:
             latency, wave = static_batch_in_waves(g.engine, params, g.per_wave, g.full, g.last, g.prompt, g.output)
-            lat.append(latency)
             # The first wave's prefill gives the first token of the requests in it.
-            ttft.append(wave.prefill_s)
+            first = wave.prefill_s
+            if len(g.scheduled):
+                e2e, first_steps = scheduled_time(g.engine, params, g.schedules)
+                latency = latency.at[g.scheduled].set(e2e)
+                first = first.at[g.scheduled].set(first_steps)
+            lat.append(latency)
+            ttft.append(first)
             index.append(g.index)
         order = np.argsort(np.concatenate(index))
         return jnp.concatenate(lat)[order], jnp.concatenate(ttft)[order]

@@ -257,7 +257,8 @@ def calibrate_static(rows: pd.DataFrame, device: str, stack: str, *, names: Sequ
     result = fit_parameters(lambda p: (table.predict(p)[0], meas), hw.params, list(names), train=train,
                             bounds={**DEFAULT_BOUNDS, **(bounds or {})}, priors=priors, loss=loss, steps=steps,
                             polish_steps=polish_steps, bootstrap=bootstrap, seed=seed, progress=progress)
-    kept = kept.assign(split=np.where(test, "test", "train"), before=result.predicted_start, after=result.predicted)
+    kept = kept.assign(split=np.where(test, "test", "train"), before=result.predicted_start, after=result.predicted,
+                       fits=table.waves[table.keep] <= 1, preemptions=table.preemptions[table.keep])
     impossible = rows.iloc[table.impossible.row].assign(reason=table.impossible.reason.to_numpy()) \
         if len(table.impossible) else rows.iloc[:0].assign(reason=[])
     start_label = start if isinstance(start, str) else start.name

@@ -12,6 +12,7 @@ from ..engine import EngineSpec
 from ..estimate import StaticBatchEstimate, activation_bytes, static_batch
 from ..hardware.params import HardwareParams
 from ..models.operators import kv_bytes_per_token_per_device, weight_bytes_per_device
+from .preemption import Schedule, preempt_schedule, scheduled_time
 from .profile import StackProfile
 
 
@@ -52,8 +53,8 @@ def static_waves(engine: EngineSpec, cap: KVCapacity, batch: int, prompt: int, o
     """How a stack that admits what fits runs ``batch`` requests of ``prompt + output`` tokens: in
     waves of as many requests as the KV blocks hold at their final length.
 
-    Assumption: no request is preempted mid-wave; vLLM admits by current length and preempts later,
-    which ends in about the same number of sequential rounds."""
+    Assumption: no request is preempted mid-wave (a stack whose ``overflow`` is "preempt" runs the
+    schedule of ``overflow_schedule`` instead)."""
     tokens = engine.model.kv_tokens(prompt + output)
     per_request = math.ceil(tokens / cap.block_size)
     per_wave = cap.blocks // per_request if per_request else batch
@@ -78,3 +79,19 @@ def static_batch_in_waves(engine: EngineSpec, hw: HardwareParams, per_wave, full
         rest = static_batch(engine, hw, np.maximum(last, 1.0), prompt, output)
         e2e = e2e + jnp.where(last > 0, rest.e2e_s, 0.0)
     return e2e, wave
+
+
+def overflow_schedule(engine: EngineSpec, cap: KVCapacity, stack: StackProfile, waves: Waves, batch: int,
+                      prompt: int, output: int) -> Schedule | None:
+    """The preempting schedule of a batch that does not fit, where the stack preempts (``stack.overflow``
+    "preempt"); None where the batch fits, the stack runs waves, or one request takes nearly every
+    block (vLLM's watermark: it would refuse the request; the waves estimate stands)."""
+    if waves.fits or waves.per_wave == 0 or stack.overflow != "preempt" or output < 1:
+        return None
+    if engine.model.sliding_window and prompt + output > engine.model.sliding_window:
+        return None   # blocks recycled past the window: not emulated, the waves estimate stands
+    try:
+        return preempt_schedule(cap.blocks, cap.block_size, batch, prompt, output,
+                                max_num_seqs=stack.kv.profile_sequences, max_batched_tokens=stack.kv.profile_tokens)
+    except ValueError:
+        return None

@@ -24,9 +24,11 @@ from ..tomlio import field_line, load_toml
 
 STACK_FIELDS = EFFICIENCY_FIELDS + OVERHEAD_FIELDS + ("intra_link_latency", "inter_link_latency")
 """HardwareParams fields a stack profile may set: what software reaches, never datasheet physics."""
-OVERFLOW = ("waves", "refuse")
+OVERFLOW = ("waves", "preempt", "refuse")
 """What a stack does with a static batch whose KV cache does not fit: run it in waves of what fits
-(vLLM, TensorRT-LLM: admit what fits, the rest after) or refuse it."""
+at its final length (TensorRT-LLM's guaranteed-no-evict scheduler: admit what fits, the rest after),
+admit by current length and preempt by recomputation when blocks run out (vLLM's scheduler;
+``stacks.preemption``), or refuse it."""
 
 
 @dataclass(frozen=True)
