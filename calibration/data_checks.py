@@ -4,7 +4,9 @@
 
 Prints three groups of checks, each a property of the measurements that no smooth cost model can follow:
 1. Splitwise A100: a static batch of equal prompts against the same prompts run one at a time;
-   and the prefill speed-up from TP 2 to 4 against TP 4 to 8 (held-out TP 4 is the anomaly);
+   and the prefill speed-up from TP 2 to 4 against TP 4 to 8 (held-out TP 4 is the anomaly); the
+   prefill cost per prompt token below and from 2,048 tokens per TP (A100 and H100), beside the
+   fit's error at the README's anchor (2,048 tokens, H100, TP 8);
 2. Vidur GEMMs: the share of rows slower by more than 10% than some larger token count of the same
    operator (cuBLAS kernel switches), per part and model; the held-out operator error by kernel
    (phi-2's LayerNorm and GELU are kernels the Llama training models never run);
@@ -62,6 +64,28 @@ def tensor_parallel_speedups() -> pd.DataFrame:
         if {2, 4, 8} <= set(t.index) and prompt * batch >= 4096:
             out.append({"hardware": hw, "prompt": prompt, "batch": batch, "tokens": prompt * batch,
                         "TP2->4": t[2] / t[4], "TP4->8": t[4] / t[8], "violates": t[2] / t[4] < t[4] / t[8]})
+    return pd.DataFrame(out)
+
+
+def prefill_slope_by_tokens() -> pd.DataFrame:
+    """Measured prefill ms per 1,024 more prompt tokens (batch x prompt; rows of equal tokens averaged),
+    between successive token counts, per part and TP: below and from 2,048 tokens. A cost model whose
+    per-token compute and communication do not depend on the token count has one slope per TP; the
+    shipped fit's error at 2,048 tokens (the README's anchor: Llama-2-70B, H100, TP 8) beside it."""
+    df = data.splitwise([])
+    df = df[df.token_size == 128]
+    pred = pd.read_csv(HERE / "results" / "splitwise_predictions.csv")
+    out = []
+    for (hw, tp), g in df.groupby(["hardware", "tensor_parallel"]):
+        t = g.assign(tokens=g.prompt_size * g.batch_size).groupby("tokens").prompt_time.mean()
+        t = t[t.index >= 512]
+        slope = t.diff() / (t.index.to_series().diff() / 1024)
+        anchor = pred[(pred.hardware == hw) & (pred.tensor_parallel == tp) & (pred.prompt_size == 2048)
+                      & (pred.batch_size == 1)]
+        out.append({"hardware": hw, "tp": tp, "ms/1k tokens, 512-2048": slope[slope.index <= 2048].mean(),
+                    "ms/1k tokens, 2048-8192": slope[(slope.index > 2048) & (slope.index <= 8192)].mean(),
+                    "ms/1k tokens, > 8192": slope[slope.index > 8192].mean(),
+                    "fit error at 2048 x 1 %": 100 * (anchor.pred_prefill_ms / anchor.prompt_time - 1).mean()})
     return pd.DataFrame(out)
 
 
@@ -142,6 +166,9 @@ def main() -> None:
     print("\n   Prefill speed-up per doubling of TP at >= 4096 tokens (a cost model C/p + K(p) cannot make"
           "\n   TP 4 -> 8 gain more than TP 2 -> 4)\n")
     print(tensor_parallel_speedups().round(2).to_string(index=False))
+    print("\n   Prefill cost per 1,024 prompt tokens below and from 2,048 tokens per prefill (the extra cost from"
+          "\n   2,048 tokens grows with TP, as communication would; the anchor's error follows it)\n")
+    print(prefill_slope_by_tokens().round(1).to_string(index=False))
     print("\n   Held-out TP 4 prefill error of the shipped fit by tokens per prefill\n")
     print(held_out_prefill_by_tokens().round(1).to_string())
     print("\n2. GEMM rows more than 10% slower than a larger token count of the same operator\n")

@@ -13,7 +13,8 @@ PagedAttention for sliding-window models on CUDA, for every model on ROCm) and w
 a grouped-KV kernel, and prints the error per split and model of both, after the measured step
 time of Mistral-7B-v0.1 over that of GQA models of its size without a sliding window. ``--overflow``
 fits each device twice, pricing batches that overflow the KV cache on vLLM's preempting schedule
-(``stacks.preemption``) and in waves, and prints the error of those rows under each. It writes nothing; the
+(``stacks.preemption``) and in waves, and prints the error of those rows under each, then prices the
+overflowing rows of TensorRT-LLM and DeepSpeed-MII both ways with their shipped values. It writes nothing; the
 shipped profiles come from ``fit_stacks.py``.
 """
 
@@ -26,6 +27,8 @@ import pandas as pd
 
 from hermes_jax.calibrate import calibrate_static, read_static_batch
 from hermes_jax.calibrate.readers import HARDWARE_ALIASES
+from hermes_jax.calibrate.static import StaticBatchTable
+from hermes_jax.hardware import get_hardware
 from hermes_jax.stacks import get_stack, register_stack
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "llm_inference_bench"
@@ -97,6 +100,26 @@ def compare_overflow(table, devices):
     print(pd.DataFrame(out).set_index(["device", "policy"]).round(2).to_string())
 
 
+def other_stacks_overflow(table, fits=(("trt-llm", "a100-40gb"), ("trt-llm", "h100-sxm"),
+                                       ("deepspeed-mii", "a100-40gb"))):
+    """The overflowing rows of other engines priced both ways with their shipped values (no refit):
+    which schedule their scheduler follows."""
+    out = []
+    for stack, device in fits:
+        rows = table.rows[(table.rows["stack"] == stack) & (table.rows.hardware == device)].reset_index(drop=True)
+        hw, profile = get_hardware(device, stack=stack), get_stack(stack)
+        spec = dataclasses.replace(hw.spec, kv_reads=profile.kv_reads_for(hw.spec.platform))
+        for policy in ("preempt", "waves"):
+            t = StaticBatchTable(rows, spec, hw.params, dataclasses.replace(profile, overflow=policy))
+            ratio = np.asarray(t.predict(hw.params)[0]) / rows[t.keep].latency_s.to_numpy()
+            over = t.waves[t.keep] > 1
+            out.append({"stack": stack, "device": device, "policy": policy, "overflow rows": int(over.sum()),
+                        "overflow median ratio": np.median(ratio[over]),
+                        "overflow MAPE %": 100 * np.abs(ratio[over] - 1).mean()})
+    print("\nOther engines' overflowing rows, shipped values (fitted with the stack's own policy), both ways:")
+    print(pd.DataFrame(out).set_index(["stack", "device", "policy"]).round(2).to_string())
+
+
 def main():
     args = sys.argv[1:]
     rules, overflow = "--rules" in args, "--overflow" in args
@@ -109,6 +132,7 @@ def main():
         return
     if overflow:
         compare_overflow(table, devices)
+        other_stacks_overflow(table)
         return
     for device in devices:
         rows, result = fit(table, device)

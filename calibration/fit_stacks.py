@@ -165,7 +165,7 @@ def main() -> int:
         ttft = f"{s['ttft']:.1f}%" if s["ttft_n"] else "-"
         lines.append(f"| {s['stack']} | {s['device']} | {s['train_n']} | {s['train']:.1f}% | {', '.join(s['held'])} | "
                      f"{s['test_n']} | {s['before']:.1f}% | {s['test']:.1f}% | {s['ceiling']} | {s['ttft_n']} | {ttft} | "
-                     f"{s['sd_ratio']:.2f} |")
+                     + (f"{s['sd_ratio']:.2f} |" if np.isfinite(s["sd_ratio"]) else "- |"))
     block = "\n".join([MARK[0], *lines, MARK[1]])
     for readme in (ROOT / "README.md", ROOT / "calibration" / "README.md"):
         text = readme.read_text()

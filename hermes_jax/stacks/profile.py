@@ -28,7 +28,8 @@ OVERFLOW = ("waves", "preempt", "refuse")
 """What a stack does with a static batch whose KV cache does not fit: run it in waves of what fits
 at its final length (TensorRT-LLM's guaranteed-no-evict scheduler: admit what fits, the rest after),
 admit by current length and preempt by recomputation when blocks run out (vLLM's scheduler;
-``stacks.preemption``), or refuse it."""
+``stacks.preemption``; DeepSpeed-MII's FastGen also allocates blocks as tokens come, and its overflowing
+runs follow that schedule, not waves: calibration/README.md), or refuse it."""
 
 
 @dataclass(frozen=True)
