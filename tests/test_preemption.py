@@ -88,3 +88,25 @@ def test_static_table_prices_overflow_rows_on_the_stack_schedule():
     assert float(latency[1]) == pytest.approx(float(scheduled_time(engine, hw.params, [schedule])[0][0]), rel=1e-5)
     waves = StaticBatchTable(rows, hw.spec, hw.params, dataclasses.replace(vllm, overflow="waves"))
     assert waves.preemptions[1] == 0 and float(waves.predict(hw.params)[0][1]) != pytest.approx(float(latency[1]))
+
+
+def test_scheduled_time_is_differentiable():
+    """The slope of a preempting schedule's time in ln(HBM bandwidth) against a central difference."""
+    import jax
+
+    from hermes_jax.hardware.params import HardwareParams
+
+    hw = get_hardware("h100-sxm", stack="vllm")
+    engine = EngineSpec(get_model("llama-3.1-8b"), hw.spec, Parallelism(tp=1))
+    s = preempt_schedule(blocks=400, block_size=16, batch=12, prompt=512, output=512)
+    assert s.preemptions > 0
+
+    def e2e(shift):
+        log = dict(hw.params.log)
+        log["hbm_bandwidth"] = log["hbm_bandwidth"] + shift
+        return scheduled_time(engine, HardwareParams(log), [s])[0][0]
+
+    slope = float(jax.grad(e2e)(0.0))
+    h = 1e-2
+    fd = (float(e2e(h)) - float(e2e(-h))) / (2 * h)
+    assert slope < 0 and slope == pytest.approx(fd, rel=2e-2)
