@@ -15,6 +15,10 @@ not on the time a step takes, so the schedule is computed once on the host (``pr
 and priced with the differentiable step costs (``scheduled_time``). A decode stretch prices its
 requests at their mean context: a step's cost depends on the contexts through their sum (KV bytes,
 attention FLOP), except under a sliding window.
+
+Checked against the exact event-driven serving reference (``sim.reference``, whose continuous-batching
+engine admits and preempts on its own) on the same batches arriving at once: the batch's last finish
+within 0.3%, preemptions within 10% (tests/test_preemption.py).
 """
 
 from __future__ import annotations
