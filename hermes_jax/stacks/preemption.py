@@ -18,7 +18,7 @@ attention FLOP), except under a sliding window.
 
 Checked against the exact event-driven serving reference (``sim.reference``, whose continuous-batching
 engine admits and preempts on its own) on the same batches arriving at once: the batch's last finish
-within 0.3%, preemptions within 10% (tests/test_preemption.py).
+within 0.3%, preemptions within 10% (calibration/check_preemption.py; one case in tests/test_preemption.py).
 """
 
 from __future__ import annotations
