@@ -42,23 +42,31 @@ trace = {{ path = "{trace}", format = "csv" }}
 """
 
 
-def main() -> None:
+def compare(batch: int, prompt: int, output: int, capacity: float, directory: Path) -> dict:
+    """One batch through the reference (scenario and trace written to ``directory``) and on the schedule."""
+    trace, scenario = Path(directory) / "batch.csv", Path(directory) / "batch.toml"
+    trace.write_text("arrival_s,input_tokens,output_tokens\n" + f"0.0,{prompt},{output}\n" * batch)
+    scenario.write_text(SCENARIO.format(capacity=capacity, trace=trace))
+    requests = simulate(load_scenario(scenario), reference=True).requests
     hw = get_hardware("h100-sxm", stack="vllm")
     engine = EngineSpec(get_model("llama-3.1-8b"), hw.spec, Parallelism(tp=1))
+    params = hw.params.replace(hbm_capacity=capacity)
+    blocks = kv_capacity(engine, params, get_stack("vllm")).blocks
+    schedule = preempt_schedule(blocks, 16, batch, prompt, output)
+    return {"blocks": blocks, "finished": bool((requests.status == "finished").all()),
+            "reference_s": float(requests.finish_s.max()), "reference_preemptions": int(requests.preemptions.sum()),
+            "schedule_s": float(scheduled_time(engine, params, [schedule]).e2e_s[0]),
+            "schedule_preemptions": schedule.preemptions}
+
+
+def main() -> None:
     print("batch  prompt  output  KV blocks  reference s  preemptions  schedule s  preemptions  ratio")
     with tempfile.TemporaryDirectory() as tmp:
         for batch, prompt, output, capacity in CASES:
-            trace, scenario = Path(tmp) / "batch.csv", Path(tmp) / "batch.toml"
-            trace.write_text("arrival_s,input_tokens,output_tokens\n" + f"0.0,{prompt},{output}\n" * batch)
-            scenario.write_text(SCENARIO.format(capacity=capacity, trace=trace))
-            requests = simulate(load_scenario(scenario), reference=True).requests
-            params = hw.params.replace(hbm_capacity=capacity)
-            blocks = kv_capacity(engine, params, get_stack("vllm")).blocks
-            schedule = preempt_schedule(blocks, 16, batch, prompt, output)
-            e2e = float(scheduled_time(engine, params, [schedule])[0][0])
-            ref = requests.finish_s.max()
-            print(f"{batch:5d}  {prompt:6d}  {output:6d}  {blocks:9d}  {ref:11.3f}  {int(requests.preemptions.sum()):11d}"
-                  f"  {e2e:10.3f}  {schedule.preemptions:11d}  {e2e / ref:.4f}")
+            r = compare(batch, prompt, output, capacity, Path(tmp))
+            print(f"{batch:5d}  {prompt:6d}  {output:6d}  {r['blocks']:9d}  {r['reference_s']:11.3f}  "
+                  f"{r['reference_preemptions']:11d}  {r['schedule_s']:10.3f}  {r['schedule_preemptions']:11d}  "
+                  f"{r['schedule_s'] / r['reference_s']:.4f}")
 
 
 if __name__ == "__main__":

@@ -103,15 +103,16 @@ def estimate_rows(args, chosen_stack) -> list[dict]:
             continue
         e2e, est = static_batch_in_waves(engine, hardware.params, waves.per_wave, waves.full, waves.last, prompt,
                                          output)
-        prefill_s = est.prefill_s
+        prefill_s, decode_step_s, tpot_s = est.prefill_s, est.decode_step_s, est.tpot_s
         schedule = overflow_schedule(engine, cap, stack, waves, batch, prompt, output)
         if schedule is not None:  # admitted by current length, preempted when blocks run out
-            (e2e,), (prefill_s,) = scheduled_time(engine, hardware.params, [schedule])
-        row.update(overflow=None if waves.fits else ("preempt" if schedule else "waves"),
-                   preemptions=schedule.preemptions if schedule else 0,
-                   recomputed_tokens=schedule.recomputed_tokens if schedule else 0)
-        rows.append({**row, "prefill_s": float(prefill_s), "decode_step_s": float(est.decode_step_s),
-                     "tpot_s": float(est.tpot_s), "e2e_s": float(e2e),
+            timed = scheduled_time(engine, hardware.params, [schedule])
+            e2e, prefill_s, decode_step_s = timed.e2e_s[0], timed.first_prefill_s[0], timed.first_decode_s[0]
+            tpot_s = timed.decode_s[0] / max(float(schedule.decode_steps.sum()), 1.0)
+        rows.append({**row, "overflow": None if waves.fits else ("preempt" if schedule else "waves"),
+                     "preemptions": schedule.preemptions if schedule else 0,
+                     "recomputed_tokens": schedule.recomputed_tokens if schedule else 0, "prefill_s": float(prefill_s), "decode_step_s": float(decode_step_s),
+                     "tpot_s": float(tpot_s), "e2e_s": float(e2e),
                      "prefill_groups": group_bounds(engine, est.prefill),
                      "decode_groups": group_bounds(engine, est.decode_first) if output > 1 else {}})
     return rows
@@ -130,7 +131,8 @@ def print_table(rows: list[dict]) -> None:
             print(f"  does not fit at once: {row['missing_bytes_per_device'] / gb:.2f} GB more KV per device than "
                   f"the {row['kv_blocks_per_device']} blocks of {row['kv_rule']}'s rule; admitted by current length "
                   f"({row['preemptions']} preempted, {row['recomputed_tokens']} tokens prefilled again) (times below: the "
-                  "whole batch; prefill: the steps before the first decode step)")
+                  "whole batch; prefill: the steps before the first decode step; decode: its first step and "
+                  "the mean step)")
         elif not row["fits"]:
             print(f"  does not fit at once: {row['missing_bytes_per_device'] / gb:.2f} GB more KV per device than "
                   f"the {row['kv_blocks_per_device']} blocks of {row['kv_rule']}'s rule; runs in {row['waves']} waves "

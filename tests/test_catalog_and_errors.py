@@ -153,7 +153,7 @@ def test_cli_grid_never_aborts_points_run_as_their_stack_runs_them_or_say_why_no
     hw = get_hardware("a100-80gb", stack="vllm")
     engine = EngineSpec(get_model("llama-2-70b"), hw.spec, Parallelism(tp=2))
     schedule = preempt_schedule(over["kv_blocks_per_device"], 16, 64, 2048, 64)
-    assert over["e2e_s"] == pytest.approx(float(scheduled_time(engine, hw.params, [schedule])[0][0]), rel=1e-6)
+    assert over["e2e_s"] == pytest.approx(float(scheduled_time(engine, hw.params, [schedule]).e2e_s[0]), rel=1e-6)
 
     assert main(["estimate", "--model", "llama-2-70b", "--hardware", "a100-80gb", "--tp", "2", "--batch", "64",
                  "--prompt", "2048", "--output", "64", "--stack", "trt-llm", "--json"]) == 0

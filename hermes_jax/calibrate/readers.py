@@ -164,11 +164,11 @@ def _resolve(out: pd.DataFrame, path: Path, unsupported: str) -> StaticTable:
     from ..hardware.catalog import hardware_names
     models, devices = _model_index(), set(hardware_names())
     out["model"] = [models.get(m.lower(), m) for m in out.model]
-    excluded = out.hardware.map(EXCLUDED_HARDWARE).fillna("").to_numpy()
-    reason = np.where(~out.model.isin(set(models.values())), "model not in the catalog",
-                      np.where(excluded != "", excluded,
-                      np.where(~out.hardware.isin(devices), "device not in the catalog",
-                               np.where(out.latency_s.isna(), "no latency measured", ""))))
+    excluded = out.hardware.map(EXCLUDED_HARDWARE).fillna("").to_numpy(dtype=object)
+    reason = np.select([~out.model.isin(set(models.values())), excluded != "", ~out.hardware.isin(devices),
+                        out.latency_s.isna()],
+                       ["model not in the catalog", excluded, "device not in the catalog", "no latency measured"],
+                       default="").astype(str)
     bad = reason != ""
     if bad.any() and unsupported == "error":
         i = int(np.flatnonzero(bad)[0])

@@ -3,7 +3,7 @@
 Rows are grouped by (model, tp): one ``EngineSpec`` each, so one compiled estimate serves all their
 batches and lengths. A batch whose KV cache does not fit under the stack's sizing rule runs the way
 the stack runs it: in waves of what fits (``stacks.kv.static_waves``) or, for a preempting stack
-(vLLM), on the schedule of ``stacks.preemption``; a row where not even one request fits is reported in
+(vLLM, DeepSpeed-MII), on the schedule of ``stacks.preemption``; a row where not even one request fits is reported in
 ``impossible`` with the reason, never silently dropped.
 """
 
@@ -119,9 +119,9 @@ class StaticBatchTable:
             # The first wave's prefill gives the first token of the requests in it.
             first = wave.prefill_s
             if len(g.scheduled):
-                e2e, first_steps = scheduled_time(g.engine, params, g.schedules)
-                latency = latency.at[g.scheduled].set(e2e)
-                first = first.at[g.scheduled].set(first_steps)
+                timed = scheduled_time(g.engine, params, g.schedules)
+                latency = latency.at[g.scheduled].set(timed.e2e_s)
+                first = first.at[g.scheduled].set(timed.first_prefill_s)
             lat.append(latency)
             ttft.append(first)
             index.append(g.index)

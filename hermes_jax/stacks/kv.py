@@ -12,7 +12,7 @@ from ..engine import EngineSpec
 from ..estimate import StaticBatchEstimate, activation_bytes, static_batch
 from ..hardware.params import HardwareParams
 from ..models.operators import kv_bytes_per_token_per_device, weight_bytes_per_device
-from .preemption import Schedule, preempt_schedule, scheduled_time
+from .preemption import Schedule, preempt_schedule
 from .profile import StackProfile
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -128,8 +129,9 @@ def preempt_schedule(blocks: int, block_size: int, batch: int, prompt: int, outp
             dec_n.append(len(order))
             dec_ctx.append(float(length[order].mean()) - 1.0)
             dec_k.append(steps)
-            free -= _block_demand(first_need, block_size, steps)
-            held[order] += _block_demand_each(first_need, block_size, steps)
+            taken = _block_demand_each(first_need, block_size, steps)
+            free -= int(taken.sum())
+            held[order] += taken
             generated[order] += steps
             length[order] += steps
             free += _finish(order, generated, output, held, running, done)
@@ -195,10 +197,18 @@ def _preempt(i, held, running) -> int:
     return freed
 
 
-def scheduled_time(engine: EngineSpec, hw: HardwareParams, schedules: list[Schedule]):
-    """(end-to-end seconds, seconds to the end of the first prefill steps) of each schedule,
-    differentiable in ``hw``. Steps are priced in arrays padded to powers of two, so a grid of
-    schedules compiles a few shapes, not one per schedule."""
+class ScheduledTime(NamedTuple):
+    """Seconds of each schedule (arrays (R,) for R schedules), differentiable in the parameters."""
+
+    e2e_s: jax.Array             # s, the whole batch
+    first_prefill_s: jax.Array   # s, the prefill steps before the first decode step
+    first_decode_s: jax.Array    # s, the first decode step
+    decode_s: jax.Array          # s, all decode steps (over sum(decode_steps) steps)
+
+
+def scheduled_time(engine: EngineSpec, hw: HardwareParams, schedules: list[Schedule]) -> ScheduledTime:
+    """Times of each schedule (``ScheduledTime``). Steps are priced in arrays padded to powers of
+    two, so a grid of schedules compiles a few shapes, not one per schedule."""
     n_rows = len(schedules)
     pre_owner = np.concatenate([np.full(len(s.prefill_requests), k) for k, s in enumerate(schedules)])
     dec_owner = np.concatenate([np.full(len(s.decode_steps), k) for k, s in enumerate(schedules)])
@@ -207,11 +217,18 @@ def scheduled_time(engine: EngineSpec, hw: HardwareParams, schedules: list[Sched
     pre_n, pre_tok = _padded(cat("prefill_requests"), cat("prefill_tokens"))
     dec_n, dec_ctx, dec_k = _padded(cat("decode_requests"), cat("decode_context"), cat("decode_steps"))
     prefill = static_batch(engine, hw, pre_n, pre_tok, np.ones_like(pre_n)).prefill_s
-    decode = static_batch(engine, hw, dec_n, dec_ctx, dec_k + 1.0).decode_total_s
-    prefill, decode = prefill[: len(pre_owner)], decode[: len(dec_owner)]
-    e2e = jnp.zeros(n_rows).at[pre_owner].add(prefill).at[dec_owner].add(decode)
-    ttft = jnp.zeros(n_rows).at[pre_owner].add(jnp.where(first, prefill, 0.0))
-    return e2e, ttft
+    dec = static_batch(engine, hw, dec_n, dec_ctx, dec_k + 1.0)
+    prefill, decode = prefill[: len(pre_owner)], dec.decode_total_s[: len(dec_owner)]
+    zeros = jnp.zeros(n_rows, prefill.dtype)
+    decode_s = zeros.at[dec_owner].add(decode)
+    # A schedule's first decode stretch starts with its first decode step (a batch of one-token
+    # requests has none).
+    starts = np.cumsum([0] + [len(s.decode_steps) for s in schedules[:-1]])
+    has_decode = np.array([len(s.decode_steps) > 0 for s in schedules])
+    first_decode = jnp.where(has_decode, dec.decode_step_s[np.where(has_decode, starts, 0)], 0.0)
+    return ScheduledTime(e2e_s=zeros.at[pre_owner].add(prefill) + decode_s,
+                         first_prefill_s=zeros.at[pre_owner].add(jnp.where(first, prefill, 0.0)),
+                         first_decode_s=first_decode, decode_s=decode_s)
 
 
 def _padded(*columns):
