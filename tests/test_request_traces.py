@@ -118,7 +118,7 @@ def test_calibrate_cli_fits_a_trace_through_the_simulator(tmp_path, capsys):
     path.write_text("arrival_s,input,output,ttft_s,e2e_s\n" + "\n".join(rows) + "\n")
     out = tmp_path / "out"
     argv = ["calibrate", str(path), "--trace", "--model", "llama-2-7b", "--device", "h100-sxm", "--stack", "vllm",
-            "--params", "host_overhead_s", "--dt", "0.02", "--polish", "6", "--out", str(out)]
+            "--params", "host_overhead_s", "--dt", "0.1", "--polish", "4", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "12 requests (csv)" in printed

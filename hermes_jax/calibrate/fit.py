@@ -159,22 +159,24 @@ _JACOBIANS: dict = {}
 
 
 def _compiled_jacobian(predict, params, names, lo, hi, unflat):
-    """jit(jacfwd) of the predictions in the unconstrained variables, kept per (predict, params,
-    names, bounds); the cache holds its keys' objects, so their ids stay unique."""
+    """jit(jacfwd) of the predictions in the unconstrained variables, compiled once per (predict,
+    names, dtype): the start values and the bounds are arguments, so fits of the same predictions from
+    several starts (a trace fit's screened starts) or within other bounds share one program. The
+    cache holds ``predict`` itself, so its id stays unique. Returns ``z -> (jac, (pred, meas))``."""
     dtype = params.log[names[0]].dtype
-    key = (id(predict), id(params), names, lo.tobytes(), hi.tobytes(), str(dtype))
+    key = (id(predict), names, tuple(np.shape(params.log[n]) for n in names), str(dtype))
     if key not in _JACOBIANS:
-        lo_j, hi_j = jnp.asarray(lo, dtype), jnp.asarray(hi, dtype)
-
-        def predictions(z):
+        def predictions(z, log, lo_j, hi_j):
             theta = lo_j + (hi_j - lo_j) * jax.nn.sigmoid(z)
-            pred, meas = predict(HardwareParams({**params.log, **unflat(theta)}))
+            pred, meas = predict(HardwareParams({**log, **unflat(theta)}))
             return pred, (pred, jnp.broadcast_to(meas, jnp.shape(pred)))
 
         while len(_JACOBIANS) >= 8:
             _JACOBIANS.pop(next(iter(_JACOBIANS)))
-        _JACOBIANS[key] = (predict, params, jax.jit(jax.jacfwd(predictions, has_aux=True)))
-    return _JACOBIANS[key][2]
+        _JACOBIANS[key] = (predict, jax.jit(jax.jacfwd(predictions, has_aux=True)))
+    compiled = _JACOBIANS[key][1]
+    log, lo_j, hi_j = dict(params.log), jnp.asarray(lo, dtype), jnp.asarray(hi, dtype)
+    return lambda z: compiled(z, log, lo_j, hi_j)
 
 
 @functools.lru_cache(maxsize=32)

@@ -44,6 +44,7 @@ from .traces import RequestTrace
 TRACE_METRICS = ("ttft_mean_s", "ttft_p50_s", "ttft_p90_s", "tpot_mean_s", "tpot_p10_s", "tpot_p50_s", "tpot_p90_s",
                  "e2e_mean_s", "e2e_p50_s", "e2e_p90_s")
 NOISE_RUNS, NOISE_WIDTH, NOISE_FLOOR = 24, 0.02, 1e-4   # log-shifts probing each summary's jitter, its floor
+REPLAY_ROWS = 32                                         # vmapped replays are padded to a multiple of this
 CHI2_90 = (2.71, 4.61, 6.25, 7.78, 9.24, 10.64)          # 90% quantiles of chi-square with 1..6 degrees of freedom
 
 
@@ -78,9 +79,14 @@ def summary_noise(sim: DifferentiableSim, names: Sequence[str], runs: int = NOIS
 
 
 def _replays(sim: DifferentiableSim, names: Sequence[str], shifts: np.ndarray) -> np.ndarray:
-    """(len(shifts), len(TRACE_METRICS)) replayed summaries at log-shifts of ``names``: one vmapped call."""
-    out = sim.scaled_batch(names)(jnp.asarray(shifts, sim.params.log[names[0]].dtype))
-    return np.stack([np.asarray(out[k], np.float64) for k in TRACE_METRICS], axis=1)
+    """(len(shifts), len(TRACE_METRICS)) replayed summaries at log-shifts of ``names``: one vmapped call,
+    its rows padded (with zero shifts) to a multiple of REPLAY_ROWS so the noise probe and the start
+    screening share one program."""
+    rows = len(shifts)
+    padded = np.zeros((-(-rows // REPLAY_ROWS) * REPLAY_ROWS, len(names)))
+    padded[:rows] = shifts
+    out = sim.scaled_batch(names)(jnp.asarray(padded, sim.params.log[names[0]].dtype))
+    return np.stack([np.asarray(out[k], np.float64)[:rows] for k in TRACE_METRICS], axis=1)
 
 
 def screened_starts(sim: DifferentiableSim, names: Sequence[str], measured: np.ndarray, noise: np.ndarray, keep: int,
