@@ -120,6 +120,13 @@ def test_automatic_dt_follows_the_load_not_a_constant():
     assert long.steps <= 50_000 and long.dt_s <= 8
     given = load_scenario(DEFAULT_SCENARIO, ["simulation.dt_s=0.25"])
     assert given.dt_s == 0.25 and given.dt_reason == "given"
+    # closed-loop users: 1/256 of the mean think time (a power of two), kept over the step-count cap
+    # on a long horizon (an hour at 1 s think time would otherwise take 0.125 s steps, half a typical
+    # reply late for the requests whose think time ends inside one); validated in test_simulator
+    users = DEFAULT_SCENARIO.with_name("chat_users_two_models.toml")    # 64 users, 5 s think time
+    assert load_scenario(users, ["client.chat.think_time_s=8"]).dt_s == 2.0**-5
+    hour = load_scenario(users, ["client.chat.think_time_s=1", "simulation.horizon_s=3600"])
+    assert hour.dt_s == 2.0**-8 and "think time 1 s" in hour.dt_reason and hour.steps > 50_000
 
 
 def test_the_step_is_derived_again_for_a_copy_with_other_settings():

@@ -23,8 +23,9 @@ SCENARIOS = {
                              "engine.e0.max_batch_size=8", "client.chat.priority=1"],
     "least_kv_3_replicas": ["simulation.horizon_s=20", "simulation.dt_s=0.5", "engine.e0.replicas=3", 'engine.e0.router="least_kv"',
                             "client.chat.arrival.rate_per_s=25", 'client.chat.input_tokens={dist="uniform",low=100,high=900}'],
-    # seed 1: at seed 0 an arrival falls 8e-8 s from an iteration end, below the float32 resolution of
-    # the accumulated iteration times, so the two simulators order that tie differently (docs/simulator.md)
+    # seed 1: with 16 users thinking 1 s, at seed 0 an arrival fell 8e-8 s from an iteration end, below
+    # the float32 resolution of the accumulated iteration times, so the two simulators ordered that tie
+    # differently (docs/simulator.md). The automatic step here is 8 s / 256 = 2^-5 s.
     "closed_loop_users": ["simulation.horizon_s=20", "engine.e0.replicas=2", "simulation.seed=1"],
     "heterogeneous_replicas": ["simulation.horizon_s=20", "simulation.dt_s=0.1", "engine.e0.replicas=2",
                                'engine.e0.hardware=["h100-sxm", "a100-80gb"]',
@@ -43,8 +44,8 @@ def pair(request):
     scenario = load_scenario(DEFAULT, SCENARIOS[request.param])
     if request.param.startswith("priority"):
         scenario = with_vip(scenario)
-    if request.param.startswith("closed_loop"):   # 16 users sending again 1 s (mean) after each reply
-        users = dataclasses.replace(scenario.clients[0], name="users", users=16, think_time_s=1.0, arrival={})
+    if request.param.startswith("closed_loop"):   # 48 users sending again 8 s (mean) after each reply
+        users = dataclasses.replace(scenario.clients[0], name="users", users=48, think_time_s=8.0, arrival={})
         scenario = dataclasses.replace(scenario, clients=scenario.clients + (users,))
     return request.param, scenario, simulate(scenario), simulate_reference(scenario)
 
@@ -73,7 +74,8 @@ def test_same_outcome_per_request(pair):
         assert wait["vip"] < 0.5 * wait["chat"]
     if name == "closed_loop_users":   # each user has at most one request in the system at a time
         users = fast.requests[fast.requests.client == "users"].sort_values("arrival_s")
-        assert len(users) > 60 and users.user.nunique() == 16
+        rounds = users.groupby("user").size()
+        assert len(users) > 60 and 30 < len(rounds) <= 48 and (rounds >= 2).sum() > 20
         for _, mine in users.groupby("user"):
             assert (mine.arrival_s.to_numpy()[1:] >= mine.finish_s.to_numpy()[:-1]).all()
     if name == "heterogeneous_replicas":   # the A100 replica is slower on the same requests

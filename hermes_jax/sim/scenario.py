@@ -87,7 +87,7 @@ ARRIVALS_PER_STEP = 8       # automatic dt: about this many arrivals per step ..
 MAX_AUTO_DT_S = 8.0         # ... but steps of at most 8 s,
 MIN_TIMESERIES_POINTS = 200  # at least 200 time-series points over the horizon,
 MAX_AUTO_STEPS = 50_000     # at most 50,000 steps,
-CLOSED_LOOP_DT_S = 2.0**-8   # and ~4 ms with closed-loop users
+CLOSED_LOOP_THINK_SHARE = 2.0**-8   # with closed-loop users, at most this share of the shortest mean think time
 
 
 def client_rate(client: "Client", horizon_s: float, budget_gb: float | None = None) -> float:
@@ -112,8 +112,13 @@ def client_rate(client: "Client", horizon_s: float, budget_gb: float | None = No
 def auto_time_step(sim: "Simulation", engines, clients) -> tuple[float, str]:
     """The step for a scenario: about ARRIVALS_PER_STEP arrivals per step (work per step then grows
     with events, not with horizon / dt), within [horizon / MAX_AUTO_STEPS, min(horizon /
-    MIN_TIMESERIES_POINTS, MAX_AUTO_DT_S)], a power of two. Closed-loop users send their next
-    request in a later step than the reply, so they keep a short step."""
+    MIN_TIMESERIES_POINTS, MAX_AUTO_DT_S)], a power of two.
+
+    Closed-loop users send their next request a think time after a reply and it is routed from the
+    next step start, so a think time that ends inside the step of its reply (probability about
+    dt / think for exponential think times) delays that request to the step end. With such users the
+    step is at most CLOSED_LOOP_THINK_SHARE of the shortest mean think time, and this accuracy bound
+    wins over the step-count cap (``max_steps`` still refuses a run that is too long, naming dt_s)."""
     rate = sum(client_rate(c, sim.horizon_s, sim.memory_budget_gb) for c in clients)
     horizon = sim.horizon_s
     high = min(horizon / MIN_TIMESERIES_POINTS, MAX_AUTO_DT_S)
@@ -125,10 +130,14 @@ def auto_time_step(sim: "Simulation", engines, clients) -> tuple[float, str]:
                             f"at least {MIN_TIMESERIES_POINTS} time-series points")
     if dt < low:
         dt, reason = low, f"at most {MAX_AUTO_STEPS} steps over the horizon"
-    if any(c.users for c in clients) and dt > CLOSED_LOOP_DT_S:
-        dt, reason = CLOSED_LOOP_DT_S, "closed-loop users' next requests are routed from the step after a reply"
+    think = min((c.think_time_s for c in clients if c.users), default=None)
+    closed = think is not None and dt > CLOSED_LOOP_THINK_SHARE * think
+    if closed:
+        dt, reason = CLOSED_LOOP_THINK_SHARE * think, (
+            f"closed-loop users: at most 1/{round(1 / CLOSED_LOOP_THINK_SHARE)} of the mean think time {think:g} s "
+            "(a next request is routed from the step after its reply)")
     dt = 2.0 ** math.floor(math.log2(min(dt, horizon)))
-    if dt < low and 2.0 ** math.ceil(math.log2(low)) <= horizon:   # a power of two that still keeps the step cap
+    if not closed and dt < low and 2.0 ** math.ceil(math.log2(low)) <= horizon:   # a power of two that keeps the cap
         dt = 2.0 ** math.ceil(math.log2(low))
     return dt, f"automatic: {reason}"
 
