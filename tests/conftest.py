@@ -46,8 +46,11 @@ def llama70b_h100_tp8(h100):
     return EngineSpec(get_model("llama-2-70b"), h100.spec, Parallelism(tp=8))
 
 
-def pytest_terminal_summary(terminalreporter):
-    """How close the suite's one process came to its memory-mapping limit (hermes_jax.mappings)."""
+def pytest_terminal_summary(terminalreporter, config):
+    """How close the process that ran the tests came to its memory-mapping limit (hermes_jax.mappings);
+    with worker processes (pytest-xdist) the controller ran none, and says nothing."""
+    if getattr(config.option, "numprocesses", None):
+        return
     from hermes_jax import mappings
     count, limit = mappings.mapping_count(), mappings.mapping_limit()
     if count is not None and limit is not None:
