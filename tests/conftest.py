@@ -2,6 +2,8 @@
 building engines through these fixtures instead of new configurations each time."""
 
 import os
+import shutil
+import tempfile
 
 import jax
 import pytest
@@ -24,6 +26,26 @@ from hermes_jax import EngineSpec, Parallelism, get_hardware, get_model, mapping
 # clearing the caches at the library's default share (3/4 of the mapping limit) cost ~2 minutes of
 # recompiles; clear only close to the limit, where the process would otherwise die.
 mappings.DEFAULT_SHARE = 0.95
+
+
+# One persistent compilation cache for the session's processes (the pytest-xdist workers): a program
+# both workers need is compiled by one and loaded by the other. It lives in a directory of this
+# session only, removed at the end, so no run speeds up the next; programs that compile in under a
+# second are not kept (writing them costs about what it saves).
+SESSION_CACHE = "HERMES_JAX_TEST_XLA_CACHE"
+
+
+def pytest_configure(config):
+    if SESSION_CACHE not in os.environ:   # the controller (or a single process): workers inherit it
+        os.environ[SESSION_CACHE] = tempfile.mkdtemp(prefix="hermes-jax-test-xla-")
+        config.session_cache_owner = True
+    jax.config.update("jax_compilation_cache_dir", os.environ[SESSION_CACHE])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "session_cache_owner", False):
+        shutil.rmtree(os.environ.pop(SESSION_CACHE), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
