@@ -121,8 +121,8 @@ def test_automatic_dt_follows_the_load_not_a_constant():
     given = load_scenario(DEFAULT_SCENARIO, ["simulation.dt_s=0.25"])
     assert given.dt_s == 0.25 and given.dt_reason == "given"
     # closed-loop users: 1/256 of the mean think time (a power of two), kept over the step-count cap
-    # on a long horizon (an hour at 1 s think time would otherwise take 0.125 s steps, half a typical
-    # reply late for the requests whose think time ends inside one); validated in test_simulator
+    # on a long horizon (an hour at 1 s think time would otherwise take 0.125 s steps, and a
+    # request whose think time ends inside one waits up to 0.125 s to be routed); validated in test_simulator
     users = DEFAULT_SCENARIO.with_name("chat_users_two_models.toml")    # 64 users, 5 s think time
     assert load_scenario(users, ["client.chat.think_time_s=8"]).dt_s == 2.0**-5
     hour = load_scenario(users, ["client.chat.think_time_s=1", "simulation.horizon_s=3600"])

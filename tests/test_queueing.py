@@ -3,7 +3,9 @@ simulated engine is an M/D/1 queue, so the mean wait must match Pollaczek-Khinch
 Wq = rho D / (2 (1 - rho)). The sample mean of a loaded queue converges slowly and its waits are
 correlated, so the test states its own precision: the standard error of the mean from batch means
 (BATCHES consecutive blocks of arrivals, each far longer than the queue's relaxation time), and
-asks the mean to sit within Z_LIMIT of them and that error to be small. Both loads have the same
+asks the mean to sit within Z_LIMIT of them and that error to be small. (Before, 400k requests
+and fixed 2% / 3% bands; at this seed the bands are now about 3% / 8% of the wait: the test is
+cheaper and its bound follows the run's own noise rather than a guess.) Both loads have the same
 number of requests, so they share one compiled scan. The simulator's waits follow the Lindley
 recursion request by request (test_simulator.py); this is the check of the whole against theory."""
 
@@ -16,7 +18,7 @@ ONE_SLOT = ["engine.e0.max_batch_size=1", 'client.chat.input_tokens={dist="fixed
             'client.chat.output_tokens={dist="fixed",value=4}', "simulation.dt_s=1.0"]
 REQUESTS = 120_000
 BATCHES = 20      # 6,000 requests each; relaxation at rho = 0.8 is ~ 1 / (1 - rho)^2 = 25 services
-Z_LIMIT = 4.0     # a correct simulator fails this about once in 16,000 runs
+Z_LIMIT = 4.0     # |t| > 4 with 19 degrees of freedom: about once in 1,300 seeds for a correct simulator
 
 
 @pytest.fixture(scope="module")
