@@ -154,8 +154,8 @@ def main() -> int:
                         "warnings": len(result.fit.warnings), "sd_ratio": sd_ratio(result.fit)})
         print(result.errors().to_string(index=False))
     header = ("Serving stacks. [NAME.devices.DEVICE] tables are written by calibration/fit_stacks.py (do not edit by\n"
-              "hand; rerun the script); the rest (version, KV sizing rule, overflow, decode attention rule) are the stacks'\n"
-              "documented defaults.")
+              "hand; rerun the script); the rest (version, KV sizing rule, overflow, decode attention rule, platform\n"
+              "fallback: calibration/device_transfer.py) are the stacks' documented defaults.")
     (STACK_DATA / "stacks.toml").write_text(profiles_to_toml(profiles, header))
     lines = ["| stack | device | fit on (rows) | MAPE fitted rows | held-out models | held-out rows | "
              "MAPE held out, before (kernel values) | MAPE held out, after | GEMM ceiling from (TTFT of) | TTFT runs | "

@@ -379,12 +379,14 @@ def _catalog() -> None:
         print(f"  {name:28s} {d.get('kind', 'gpu'):5s} bf16 {float(d['peak_flops']['bf16']) / 1e12:7.0f} TFLOP/s, "
               f"{float(d['hbm_bandwidth']) / 1e12:5.2f} TB/s, {float(d['hbm_capacity']) / 1e9:6.1f} GB, "
               f"${float(d['price_per_hour']):.2f}/h")
-    print("stacks (fitted on; other devices take the fit of the same die, else catalog values):")
+    print("stacks (fitted on; other devices take the fit of the same die, else the stack's fallback for their "
+          "platform, else catalog values):")
     for name in stack_names():
         stack = get_stack(name)
         kernels = "; decode attention " + ", ".join(f"{k}: {v}" for k, v in stack.decode_attention.items()) \
             if stack.decode_attention else ""
-        print(f"  {stack.label:28s} {', '.join(d for d in stack.devices if d != 'default') or '-'}{kernels}")
+        fallback = "; fallback " + ", ".join(f"{k}: {v}" for k, v in stack.fallback.items()) if stack.fallback else ""
+        print(f"  {stack.label:28s} {', '.join(d for d in stack.devices if d != 'default') or '-'}{fallback}{kernels}")
 
 
 def _compare(args) -> None:

@@ -28,7 +28,7 @@ from scipy.optimize import minimize_scalar
 
 from ..engine import EngineSpec
 from ..errors import ConfigError
-from ..hardware.catalog import get_hardware, same_die_devices
+from ..hardware.catalog import default_catalog, get_hardware, same_die_devices
 from ..models.config import get_model
 from ..models.operators import Parallelism
 from ..stacks import StackProfile, get_stack
@@ -57,7 +57,8 @@ def first_token_seconds(profile: StackProfile | str, device: str, rows: pd.DataF
 def with_device_values(profile: StackProfile, device: str, values: dict, provenance: dict[str, str]) -> StackProfile:
     """``profile`` whose table for ``device`` (its own, else the one its lookup falls back to) has
     ``values`` set and ``provenance`` added."""
-    current, _, _ = profile.values_for(device, same_die_devices(device))
+    platform = str(default_catalog().get("device", device).get("platform", ""))
+    current, _, _ = profile.values_for(device, same_die_devices(device), platform)
     prov = {**profile.provenance.get(device, {}), **provenance}
     return dataclasses.replace(profile, devices={**profile.devices, device: {**current, **values}},
                                provenance={**profile.provenance, device: prov})

@@ -3,6 +3,7 @@ Markdown + JSON report beside it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -27,9 +28,8 @@ def fitted_profile(stack: str, device: str, fit: FitResult, provenance: dict[str
             base = get_stack(stack)
         except ConfigError:  # a new stack name: start an empty profile
             base = StackProfile(stack)
-    return StackProfile(base.name, base.version, base.description, base.overflow, base.kv,
-                        {**base.devices, device: stack_values(fit)}, {**base.provenance, device: provenance},
-                        base.origin, base.decode_attention)
+    return dataclasses.replace(base, devices={**base.devices, device: stack_values(fit)},
+                               provenance={**base.provenance, device: provenance})
 
 
 def parameter_lines(fit: FitResult) -> list[str]:

@@ -7,8 +7,17 @@ latencies a collective library sees), how it sizes its KV cache, and what it doe
 does not fit. Values are keyed by (stack, device). Lookup for a device the stack has no fit for
 (``StackProfile.values_for``): a device with the same die (the one its hardware entry's
 ``efficiency_from`` names, e.g. gh200 -> h100-sxm, then those naming it or sharing it, e.g.
-a100-80gb -> a100-40gb, h200 -> h100-sxm), then the stack's ``[STACK.devices.default]`` table, then the hardware
-catalog's own values; the returned provenance says which one was used.
+a100-80gb -> a100-40gb, h200 -> h100-sxm), then the fit the stack names for the device's software
+platform (``fallback = { cuda = "h100-sxm" }``: a B200 or a user's L40S takes vLLM's H100 values),
+then the stack's ``[STACK.devices.default]`` table, then the hardware catalog's own values; the
+returned provenance says which one was used.
+
+Why a platform fallback: what a stack reaches is mostly software (kernels, host overheads, the
+scheduler), so a fit on another die of the same platform is much closer than the catalog's generic
+values. Measured on devices held out by die (``calibration/device_transfer.py``): vLLM and
+TensorRT-LLM on A100-40GB from their H100 fits 16-20% MAPE end to end against 86-114% with catalog
+values; on H100 from their A100 fits 6-13% against 73-122%. Across ROCm dies it is not better (vLLM
+on MI250 from its MI300X fit 136% against the catalog's 25%), so no ROCm fallback is declared.
 """
 
 from __future__ import annotations
@@ -61,6 +70,8 @@ class StackProfile:
     # platform (a device's ``platform``: cuda, rocm, ...) -> kernels.kv_reads rule name of its decode
     # attention; a platform not named reads each KV head once (rule "grouped").
     decode_attention: Mapping[str, str] = field(default_factory=dict)
+    # platform -> device whose fit a device of that platform takes when neither it nor its die has one
+    fallback: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.overflow not in OVERFLOW:
@@ -69,6 +80,10 @@ class StackProfile:
             if rule not in KV_READS:
                 raise ConfigError(f"stack {self.name}: decode_attention.{platform} = {rule!r} unknown; allowed: "
                                   f"{', '.join(KV_READS)}")
+        for platform, device in self.fallback.items():
+            if device not in self.devices:
+                raise ConfigError(f"stack {self.name}: fallback.{platform} = {device!r} has no fitted values in this "
+                                  f"stack (fitted: {', '.join(self.devices) or 'none'})")
 
     def kv_reads_for(self, platform: str):
         """The ``kernels.kv_reads`` rule this stack's decode attention follows on ``platform``."""
@@ -78,15 +93,22 @@ class StackProfile:
     def label(self) -> str:
         return f"{self.name} {self.version}".strip()
 
-    def values_for(self, device: str, same_die: str | Sequence[str] | None = None) -> tuple[dict, str, bool]:
+    def values_for(self, device: str, same_die: str | Sequence[str] | None = None,
+                   platform: str = "") -> tuple[dict, str, bool]:
         """(values, provenance text, fitted on this device?) for ``device``; ``same_die`` names the
-        devices with the same chip, in order of preference; see the module doc."""
+        devices with the same chip, in order of preference; ``platform`` is the device's software
+        platform (its hardware entry's ``platform``); see the module doc."""
         if device in self.devices:
             return dict(self.devices[device]), self._describe(device), True
         for other in ([same_die] if isinstance(same_die, str) else list(same_die or [])):
             if other in self.devices:
                 return (dict(self.devices[other]),
                         f"{self.label} fitted on {other} (no fit for {device}; same die)", False)
+        other = self.fallback.get(platform)
+        if other in self.devices:
+            return (dict(self.devices[other]), f"{self.label} fitted on {other} (no fit for {device} or its die; "
+                    f"the stack's {platform} fallback, measured on held-out dies in "
+                    "calibration/results/device_transfer.md)", False)
         if "default" in self.devices:
             return dict(self.devices["default"]), f"{self.label} default values (no fit for {device})", False
         return {}, f"{self.label} has no values for {device}: hardware catalog values", False
@@ -120,10 +142,14 @@ def profiles_from_toml(path: str | Path) -> dict[str, StackProfile]:
         line = field_line(path, name, name) or "?"
         if not isinstance(entry, dict):
             raise ConfigError(f"{path}:{line} [{name}]: expected a stack table")
-        unknown = set(entry) - {"version", "description", "overflow", "kv", "devices", "decode_attention"}
+        unknown = set(entry) - {"version", "description", "overflow", "kv", "devices", "decode_attention", "fallback"}
         if unknown:
             raise ConfigError(f"{path}:{line} [{name}]: unknown key(s) {sorted(unknown)}; allowed: version, "
-                              "description, overflow, kv, decode_attention, devices")
+                              "description, overflow, kv, decode_attention, fallback, devices")
+        fallback = entry.get("fallback", {})
+        if not isinstance(fallback, dict) or not all(isinstance(v, str) for v in fallback.values()):
+            raise ConfigError(f"{path}:{field_line(path, name, 'fallback') or line} [{name}] fallback: expected a "
+                              'table of platform = device name, e.g. { cuda = "h100-sxm" }')
         attention = entry.get("decode_attention", {})
         if not isinstance(attention, dict) or not all(isinstance(v, str) for v in attention.values()):
             raise ConfigError(f"{path}:{field_line(path, name, 'decode_attention') or line} [{name}] decode_attention: "
@@ -152,7 +178,8 @@ def profiles_from_toml(path: str | Path) -> dict[str, StackProfile]:
             out[name] = StackProfile(name=name, version=str(entry.get("version", "")),
                                      description=str(entry.get("description", "")),
                                      overflow=str(entry.get("overflow", "waves")), kv=kv, devices=devices,
-                                     provenance=provenance, origin=str(path), decode_attention=dict(attention))
+                                     provenance=provenance, origin=str(path), decode_attention=dict(attention),
+                                     fallback=dict(fallback))
         except ConfigError as exc:
             raise ConfigError(f"{path}:{line} {exc}") from None
     return out
@@ -180,6 +207,8 @@ def profiles_to_toml(profiles: Mapping[str, StackProfile], header: str = "") -> 
         if p.decode_attention:
             rules = ", ".join(f"{k} = {_toml_scalar(v)}" for k, v in p.decode_attention.items())
             lines.append(f"decode_attention = {{ {rules} }}")
+        if p.fallback:
+            lines.append("fallback = { " + ", ".join(f"{k} = {_toml_scalar(v)}" for k, v in p.fallback.items()) + " }")
         lines.append("")
         for device, values in p.devices.items():
             lines.append(f'["{name}".devices."{device}"]')
