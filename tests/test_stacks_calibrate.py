@@ -26,10 +26,14 @@ def test_stack_values_override_catalog_and_fall_back_by_die():
     gh200 = get_hardware("gh200", stack=stack)
     assert float(gh200.params.memory_efficiency) == pytest.approx(0.5) and not gh200.spec.calibrated
     assert "h100-sxm" in gh200.spec.provenance
-    # a device with neither keeps the catalog's values, and the provenance says that too
+    # a device no stack has a fit for keeps the catalog's values, and the provenance says that too
+    tpu = get_hardware("tpu-v5e", stack=stack)
+    assert float(tpu.params.memory_efficiency) == pytest.approx(float(get_hardware("tpu-v5e").params.memory_efficiency))
+    assert "no values" in tpu.spec.provenance
+    # one that another shipped stack has a fit for takes that stack's values (its own KV rule and kernels)
     mi = get_hardware("mi300x", stack=stack)
-    assert float(mi.params.memory_efficiency) == pytest.approx(float(get_hardware("mi300x").params.memory_efficiency))
-    assert "no values" in mi.spec.provenance
+    assert float(mi.params.memory_efficiency) == pytest.approx(get_stack("vllm").devices["mi300x"]["memory_efficiency"])
+    assert "another stack" in mi.spec.provenance and not mi.spec.calibrated
     # the datasheet never moves with the stack
     assert float(h100.params.hbm_bandwidth) == float(get_hardware("h100-sxm").params.hbm_bandwidth)
 
@@ -43,9 +47,15 @@ def test_a_device_without_a_fit_of_its_die_takes_the_platform_fallback(tmp_path)
     assert "h100-sxm" in b200.spec.provenance and "fallback" in b200.spec.provenance
     # the same die still wins over the platform fallback
     assert float(get_hardware("a100-80gb", stack=stack).params.memory_efficiency) == pytest.approx(0.7)
-    # another platform keeps the catalog's values
-    catalog_value = float(get_hardware("mi300x").params.memory_efficiency)
-    assert float(get_hardware("mi300x", stack=stack).params.memory_efficiency) == pytest.approx(catalog_value)
+    # another platform does not take it: vLLM's MI300X fit (another stack on that device) comes first
+    assert float(get_hardware("mi300x", stack=stack).params.memory_efficiency) == pytest.approx(
+        get_stack("vllm").devices["mi300x"]["memory_efficiency"])
+    # a stack's own platform fallback comes before another stack's fit on the device
+    mii = get_hardware("h100-sxm", stack="deepspeed-mii")
+    assert mii.spec.provenance.startswith("deepspeed-mii 0.2 fitted on a100-40gb")
+    gaudi = get_hardware("gaudi2", stack="vllm")
+    assert "deepspeed habana-2024 on gaudi2" in gaudi.spec.provenance
+    assert float(gaudi.params.host_overhead_s) == pytest.approx(get_stack("deepspeed").devices["gaudi2"]["host_overhead_s"])
     with pytest.raises(ConfigError, match="fallback.cuda.*no fitted values"):
         StackProfile("unit", devices={"h100-sxm": {}}, fallback={"cuda": "b200"})
     # written and read back
@@ -67,8 +77,7 @@ def test_the_shipped_cuda_fallback_predicts_a_held_out_die_far_better_than_catal
     rows = rows[(rows["stack"] == "vllm") & (rows.hardware == "a100-40gb") & (rows.model == "qwen2-7b") & (rows.tp == 2)]
     vllm = get_stack("vllm")
     assert len(rows) == 19 and vllm.fallback["cuda"] == "h100-sxm"
-    ratio, _ = predict_with(rows, vllm, "a100-40gb", vllm.devices["h100-sxm"])
-    catalog, _ = predict_with(rows, vllm, "a100-40gb", None)
+    (ratio, catalog), _ = predict_with(rows, vllm, "a100-40gb", [vllm.devices["h100-sxm"], None])
     mape, mape_catalog = np.abs(ratio - 1).mean(), np.abs(catalog - 1).mean()
     assert mape < 0.25 and mape_catalog > 2 * mape, (mape, mape_catalog)
 

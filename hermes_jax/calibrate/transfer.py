@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
 import pandas as pd
 
@@ -22,17 +23,19 @@ from ..stacks import StackProfile, get_stack
 from .static import StaticBatchTable
 
 
-def predict_with(rows: pd.DataFrame, profile: StackProfile, device: str, values: dict | None) -> tuple[np.ndarray, int]:
-    """(predicted / measured end-to-end latency per kept row, rows dropped) of ``rows`` on ``device``
-    under ``profile``'s KV rule and kernels with ``values`` as the device's table (None: no table,
-    i.e. the catalog's values)."""
-    trial = dataclasses.replace(profile, name=f"{profile.name}-transfer", fallback={},
-                                devices={} if values is None else {device: dict(values)})
-    hw = get_hardware(device, stack=trial)
-    spec = dataclasses.replace(hw.spec, kv_reads=trial.kv_reads_for(hw.spec.platform))
-    table = StaticBatchTable(rows.reset_index(drop=True), spec, hw.params, trial)
-    predicted = np.asarray(table.predict(hw.params)[0])
-    return predicted / table.measured()[0], int((~table.keep).sum())
+def predict_with(rows: pd.DataFrame, profile: StackProfile, device: str, sources) -> tuple[list[np.ndarray], int]:
+    """([predicted / measured end-to-end latency per kept row, one array per entry of ``sources``],
+    rows dropped) of ``rows`` on ``device`` under ``profile``'s KV rule and kernels, with each entry
+    of ``sources`` (a dict of stack values, or None: the catalog's own) as the device's values. The
+    table (schedules, KV capacity: datasheet physics) is built once and its prediction compiled once."""
+    # the values straight onto the catalog entry: no stack lookup, so no fallback of any kind
+    params = [get_hardware(device, **(values or {})).params for values in sources]
+    spec = get_hardware(device).spec
+    spec = dataclasses.replace(spec, kv_reads=profile.kv_reads_for(spec.platform))
+    table = StaticBatchTable(rows.reset_index(drop=True), spec, params[0], profile)
+    predict = jax.jit(lambda p: table.predict(p)[0])
+    measured = table.measured()[0]
+    return [np.asarray(predict(p)) / measured for p in params], int((~table.keep).sum())
 
 
 def device_transfer(rows: pd.DataFrame, stack: str | StackProfile) -> pd.DataFrame:
@@ -48,8 +51,10 @@ def device_transfer(rows: pd.DataFrame, stack: str | StackProfile) -> pd.DataFra
             continue
         same_die = set(same_die_devices(device))
         sources = [d for d in platform if platform[d] == platform[device]]
-        for source in sources + [None]:
-            ratio, dropped = predict_with(mine, profile, device, None if source is None else profile.devices[source])
+        candidates = sources + [None]
+        ratios, dropped = predict_with(mine, profile, device,
+                                       [None if c is None else profile.devices[c] for c in candidates])
+        for source, ratio in zip(candidates, ratios):
             kind = ("own fit" if source == device else "catalog values" if source is None
                     else "same die" if source in same_die else "other die, same platform")
             out.append({"stack": profile.name, "device": device, "platform": platform[device],
@@ -57,4 +62,24 @@ def device_transfer(rows: pd.DataFrame, stack: str | StackProfile) -> pd.DataFra
                         "mape_pct": float(np.mean(np.abs(ratio - 1)) * 100), "median_ratio": float(np.median(ratio)),
                         "fallback": kind == "other die, same platform"
                         and profile.fallback.get(platform[device]) == source})
+    return pd.DataFrame(out)
+
+
+def stack_transfer(rows: pd.DataFrame, stacks) -> pd.DataFrame:
+    """The other order of fallback, measured: each (stack, device) fit held out and its runs predicted
+    with another stack's values on the same device (the stack's own KV rule, scheduler and kernels).
+    One row per (stack, device, values from) with MAPE (%) and median predicted / measured."""
+    profiles = [get_stack(s) for s in stacks]
+    out = []
+    for profile in profiles:
+        for device in profile.devices:
+            mine = rows[(rows["stack"] == profile.name) & (rows.hardware == device)]
+            others = [o for o in profiles if o is not profile and device in o.devices]
+            if mine.empty or not others:
+                continue
+            ratios, dropped = predict_with(mine, profile, device, [o.devices[device] for o in others])
+            for other, ratio in zip(others, ratios):
+                out.append({"stack": profile.name, "device": device, "values_from": f"{other.name} on {device}",
+                            "rows": len(ratio), "dropped": dropped, "mape_pct": float(np.mean(np.abs(ratio - 1)) * 100),
+                            "median_ratio": float(np.median(ratio))})
     return pd.DataFrame(out)

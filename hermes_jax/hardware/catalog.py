@@ -258,9 +258,10 @@ def get_hardware(name: str, *, ideal: bool = False, catalog: Catalog | None = No
     stack_name, kv_reads = "", GroupedKVReads()
     if stack is not None:
         from ..stacks import get_stack  # stacks read this catalog's overlay: import here, not at the top
+        from ..stacks.catalog import device_values
         profile = get_stack(stack)
-        stack_values, provenance, calibrated = profile.values_for(name, _same_die(catalog, name),
-                                                                  str(device.get("platform", "")))
+        stack_values, provenance, calibrated = device_values(profile, name, _same_die(catalog, name),
+                                                             str(device.get("platform", "")))
         efficiency.update(stack_values)
         stack_name = profile.name
         kv_reads = profile.kv_reads_for(device.get("platform", ""))

@@ -76,6 +76,29 @@ def register_stack(profile: StackProfile) -> None:
     _USER[profile.name] = profile
 
 
+def device_values(profile: StackProfile, device: str, same_die=(), platform: str = "") -> tuple[dict, str, bool]:
+    """(values, provenance, fitted on this device?) of ``profile`` on ``device``: its own lookup
+    (``StackProfile.values_for``: own fit, same die, platform fallback, default table), else the fit
+    another shipped serving stack has for this device or its die (the first in ``stacks.toml``'s order
+    that has one), else nothing (the catalog's values).
+
+    Why another stack before the catalog: held out, a stack's runs predicted with another stack's fit
+    on the same device are 15-55% off end to end against 46-122% with the catalog's values, though
+    worse than the stack's own fit on another die of the platform (6-29%), which comes first
+    (calibration/results/device_transfer.md). The KV rule, scheduler and kernels stay ``profile``'s."""
+    values, provenance, calibrated = profile.values_for(device, same_die, platform)
+    if values or calibrated:
+        return values, provenance, calibrated
+    for other in shipped_stacks().values():   # stacks.toml's order: the default stack first
+        if other.origin != str(DATA / "stacks.toml") or other.name == profile.name:
+            continue
+        found, where, _ = other.values_for(device, same_die)
+        if found:
+            return found, (f"{profile.label} has no fit for {device}, its die or its platform: the values of "
+                           f"another stack on it ({where}; calibration/results/device_transfer.md)"), False
+    return values, provenance, calibrated
+
+
 def get_stack(name: str | StackProfile | None = None) -> StackProfile:
     """A stack by name (``None``: the default, the current vLLM)."""
     if isinstance(name, StackProfile):

@@ -9,8 +9,9 @@ does not fit. Values are keyed by (stack, device). Lookup for a device the stack
 ``efficiency_from`` names, e.g. gh200 -> h100-sxm, then those naming it or sharing it, e.g.
 a100-80gb -> a100-40gb, h200 -> h100-sxm), then the fit the stack names for the device's software
 platform (``fallback = { cuda = "h100-sxm" }``: a B200 or a user's L40S takes vLLM's H100 values),
-then the stack's ``[STACK.devices.default]`` table, then the hardware catalog's own values; the
-returned provenance says which one was used.
+then the stack's ``[STACK.devices.default]`` table; past that (``stacks.catalog.device_values``,
+which knows the other stacks) another shipped stack's fit on the device, then the hardware catalog's
+own values. The returned provenance says which one was used.
 
 Why a platform fallback: what a stack reaches is mostly software (kernels, host overheads, the
 scheduler), so a fit on another die of the same platform is much closer than the catalog's generic
