@@ -53,6 +53,9 @@ def test_a_device_without_a_fit_of_its_die_takes_the_platform_fallback(tmp_path)
     # a stack's own platform fallback comes before another stack's fit on the device
     mii = get_hardware("h100-sxm", stack="deepspeed-mii")
     assert mii.spec.provenance.startswith("deepspeed-mii 0.2 fitted on a100-40gb")
+    # a calibration's kernel-level start never borrows (a refit would start from the fit it redoes)
+    start = get_hardware("gaudi2", stack="sarathi-2024")
+    assert float(start.params.host_overhead_s) == pytest.approx(float(get_hardware("gaudi2").params.host_overhead_s))
     gaudi = get_hardware("gaudi2", stack="vllm")
     assert "deepspeed habana-2024 on gaudi2" in gaudi.spec.provenance
     assert float(gaudi.params.host_overhead_s) == pytest.approx(get_stack("deepspeed").devices["gaudi2"]["host_overhead_s"])

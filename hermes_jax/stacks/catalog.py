@@ -18,6 +18,7 @@ from . import DEFAULT_STACK  # defined in the package, where the CLI reads it wi
 from .profile import KVSizing, StackProfile, profiles_from_toml
 
 DATA = Path(__file__).parent / "data"
+OVERLAY_ORIGIN = "hermes_jax/hardware/data/calibrated.toml"   # origin of the kernel-level stacks
 _USER: dict[str, StackProfile] = {}
 _SHIPPED: dict[str, StackProfile] | None = None
 
@@ -39,7 +40,7 @@ def _overlay_stacks() -> dict[str, StackProfile]:
         sarathi[device] = kernel
         prov_v[device] = {"summary": "kernel-level fits to Vidur profiles (" +
                           ", ".join(sorted(entry.get("fits", {}))) + "); other fields from the Splitwise fit"}
-    origin = "hermes_jax/hardware/data/calibrated.toml"
+    origin = OVERLAY_ORIGIN
     return {
         "splitwise-2023": StackProfile("splitwise-2023", "2023", "the engine behind Splitwise's measured "
                                        "Llama-2-70B / BLOOM profiles", "refuse", KVSizing(), splitwise, prov_s, origin),
@@ -80,14 +81,17 @@ def device_values(profile: StackProfile, device: str, same_die=(), platform: str
     """(values, provenance, fitted on this device?) of ``profile`` on ``device``: its own lookup
     (``StackProfile.values_for``: own fit, same die, platform fallback, default table), else the fit
     another shipped serving stack has for this device or its die (the first in ``stacks.toml``'s order
-    that has one), else nothing (the catalog's values).
+    that has one; not for the kernel-level stacks, which calibrations start from), else nothing (the
+    catalog's values).
 
     Why another stack before the catalog: held out, a stack's runs predicted with another stack's fit
     on the same device are 15-55% off end to end against 46-122% with the catalog's values, though
     worse than the stack's own fit on another die of the platform (6-29%), which comes first
     (calibration/results/device_transfer.md). The KV rule, scheduler and kernels stay ``profile``'s."""
     values, provenance, calibrated = profile.values_for(device, same_die, platform)
-    if values or calibrated:
+    # The kernel-level stacks (splitwise-2023, sarathi-2024) are where calibrations start from: a fit
+    # of a device they lack must start from the catalog, not from the shipped fit it is redoing.
+    if values or calibrated or profile.origin == OVERLAY_ORIGIN:
         return values, provenance, calibrated
     for other in shipped_stacks().values():   # stacks.toml's order: the default stack first
         if other.origin != str(DATA / "stacks.toml") or other.name == profile.name:
