@@ -337,3 +337,19 @@ def test_shipped_stacks_predict_first_token_runs_they_never_saw():
     for (stack, device), runs in rows.groupby(["stack", "hardware"]):
         ratio = first_token_seconds(stack, device, runs) / runs.ttft_s.to_numpy()
         assert np.abs(ratio - 1).max() < 0.10, (stack, device, ratio.round(3))
+
+
+def test_device_and_stack_transfer_tables_label_every_source():
+    """The tables behind calibration/device_transfer.py on one model's runs on GH200: each source
+    labelled by kind, the own fit best and the catalog's values worst, another stack's fit between."""
+    from hermes_jax.calibrate.transfer import device_transfer, stack_transfer
+    rows = read_static_batch(DATA / "All_results.csv").rows
+    rows = rows[(rows.hardware == "gh200") & (rows.model == "llama-3-8b") & (rows.tp == 1)]
+    table = device_transfer(rows, "trt-llm").set_index("values_from")
+    assert dict(table.kind) == {"h100-sxm": "same die", "a100-40gb": "other die, same platform", "gh200": "own fit",
+                                "catalog": "catalog values"}
+    assert not table.fallback.any()   # gh200's own die has a fit: the platform fallback is not what it takes
+    assert table.mape_pct.idxmin() == "gh200" and table.mape_pct.idxmax() == "catalog"
+    cross = stack_transfer(rows, ["trt-llm", "vllm"]).set_index(["stack", "values_from"])
+    assert set(cross.index) == {("trt-llm", "vllm on gh200"), ("vllm", "trt-llm on gh200")}
+    assert table.mape_pct["gh200"] < cross.mape_pct[("trt-llm", "vllm on gh200")] < table.mape_pct["catalog"]
