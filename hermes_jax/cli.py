@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--kv-dtype", default=None, help="KV-cache dtype (default: from --dtype)")
     est.add_argument("--stack", default=DEFAULT_STACK, help="serving stack whose fitted efficiencies, overheads "
                      "and KV rule apply (vllm, trt-llm, deepspeed-mii, deepspeed, splitwise-2023, sarathi-2024, "
-                     f"or 'catalog' for the hardware catalog's own values; default {DEFAULT_STACK})")
+                     f"or 'catalog' for the hardware catalog's own values; default {DEFAULT_STACK}). A device the "
+                     "stack has no fit for takes the fit of its die, else the stack's fallback for its platform, "
+                     "else another stack's fit on it, and the header line says which")
     est.add_argument("--stack-file", metavar="PATH", help="TOML defining your own stack(s) (schema: "
                      "hermes_jax/stacks/data/stacks.toml)")
     est.add_argument("--ideal", action="store_true", help="pure datasheet roofline: efficiency 1, no overheads")
