@@ -86,7 +86,7 @@ def device_values(profile: StackProfile, device: str, same_die=(), platform: str
     catalog's values).
 
     Why another stack before the catalog: held out, a stack's runs predicted with another stack's fit
-    on the same device are 15-55% off end to end against 46-122% with the catalog's values, though
+    on the same device are 15-55% off end to end against 41-122% with the catalog's values, though
     worse than the stack's own fit on another die of the platform (6-29%), which comes first
     (calibration/results/device_transfer.md). The KV rule, scheduler and kernels stay ``profile``'s."""
     values, provenance, calibrated = profile.values_for(device, same_die, platform)
