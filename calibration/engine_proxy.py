@@ -5,21 +5,19 @@ stand in for the missing ones, through the vLLM / TensorRT-LLM ratio measured on
 engines ran on that device. A prediction whose ratio to TensorRT-LLM falls outside the measured
 range says where the vLLM model of an unseen model is least supported.
 
-    python calibration/engine_proxy.py        # about 1 min on 2 cores
+    python calibration/engine_proxy.py        # about 20 s on 2 cores
 
 Writes calibration/results/engine_proxy.md. Not a score: TensorRT-LLM is another engine, and its
 runs of batches that overflow the KV cache go in waves while vLLM preempts.
 """
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from hermes_jax.calibrate import read_static_batch
-from hermes_jax.calibrate.static import StaticBatchTable
-from hermes_jax.hardware import get_hardware
+from hermes_jax.calibrate.transfer import predict_with
 from hermes_jax.stacks import get_stack
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "llm_inference_bench" / "All_results.csv"
@@ -56,11 +54,8 @@ def main():
         shared = both.pivot_table(index="model", columns="batch", values="ratio", aggfunc="median")
         unseen = mine[(mine["stack"] == "trt-llm") & ~mine.model.isin(set(measured_v.reset_index().model))]
         unseen = unseen.assign(stack="vllm").reset_index(drop=True)
-        hw = get_hardware(device, stack=vllm)
-        spec = dataclasses.replace(hw.spec, kv_reads=vllm.kv_reads_for(hw.spec.platform))
-        table = StaticBatchTable(unseen, spec, hw.params, vllm)
-        kept = unseen[table.keep].assign(predicted=np.asarray(table.predict(hw.params)[0]))
-        kept["ratio"] = kept.predicted / kept.latency_s
+        (ratio,), keep = predict_with(unseen, vllm, device, [vllm.devices[device]])
+        kept, refused = unseen[keep].assign(ratio=ratio), int((~keep).sum())
         predicted = kept.pivot_table(index=["model", "tp"], columns="batch", values="ratio", aggfunc="median")
         low, high = both.groupby("batch").ratio.min(), both.groupby("batch").ratio.max()
         outside = [(m, tp, b, round(v, 2)) for (m, tp), row in predicted.iterrows() for b, v in row.items()
@@ -68,7 +63,7 @@ def main():
         lines += [f"## {device}", "", f"Measured vLLM / TensorRT-LLM ({len(both)} runs both made):", ""]
         lines += markdown(shared)
         lines += ["", f"Predicted vLLM / measured TensorRT-LLM ({len(kept)} runs of models vLLM has none of here; "
-                  f"{int((~table.keep).sum())} refused):", ""]
+                  f"{refused} refused):", ""]
         lines += markdown(predicted)
         lines += ["", "Outside the measured range at that batch size (model, TP, batch, ratio): "
                   + (", ".join(map(str, outside)) if outside else "none") + ".", ""]

@@ -23,9 +23,10 @@ from ..stacks import StackProfile, get_stack
 from .static import StaticBatchTable
 
 
-def predict_with(rows: pd.DataFrame, profile: StackProfile, device: str, sources) -> tuple[list[np.ndarray], int]:
+def predict_with(rows: pd.DataFrame, profile: StackProfile, device: str, sources) -> tuple[list[np.ndarray], np.ndarray]:
     """([predicted / measured end-to-end latency per kept row, one array per entry of ``sources``],
-    rows dropped) of ``rows`` on ``device`` under ``profile``'s KV rule and kernels, with each entry
+    which rows are kept (bool per row; the others cannot run at all, ``StaticBatchTable.impossible``))
+    of ``rows`` on ``device`` under ``profile``'s KV rule and kernels, with each entry
     of ``sources`` (a dict of stack values, or None: the catalog's own) as the device's values. The
     table (schedules, KV capacity: datasheet physics) is built once and its prediction compiled once."""
     # the values straight onto the catalog entry: no stack lookup, so no fallback of any kind
@@ -35,7 +36,7 @@ def predict_with(rows: pd.DataFrame, profile: StackProfile, device: str, sources
     table = StaticBatchTable(rows.reset_index(drop=True), spec, params[0], profile)
     predict = jax.jit(lambda p: table.predict(p)[0])
     measured = table.measured()[0]
-    return [np.asarray(predict(p)) / measured for p in params], int((~table.keep).sum())
+    return [np.asarray(predict(p)) / measured for p in params], table.keep
 
 
 def device_transfer(rows: pd.DataFrame, stack: str | StackProfile) -> pd.DataFrame:
@@ -52,8 +53,8 @@ def device_transfer(rows: pd.DataFrame, stack: str | StackProfile) -> pd.DataFra
         same_die = set(same_die_devices(device))
         sources = [d for d in platform if platform[d] == platform[device]]
         candidates = sources + [None]
-        ratios, dropped = predict_with(mine, profile, device,
-                                       [None if c is None else profile.devices[c] for c in candidates])
+        ratios, keep = predict_with(mine, profile, device, [None if c is None else profile.devices[c] for c in candidates])
+        dropped = int((~keep).sum())
         for source, ratio in zip(candidates, ratios):
             kind = ("own fit" if source == device else "catalog values" if source is None
                     else "same die" if source in same_die else "other die, same platform")
@@ -77,7 +78,8 @@ def stack_transfer(rows: pd.DataFrame, stacks) -> pd.DataFrame:
             others = [o for o in profiles if o is not profile and device in o.devices]
             if mine.empty or not others:
                 continue
-            ratios, dropped = predict_with(mine, profile, device, [o.devices[device] for o in others])
+            ratios, keep = predict_with(mine, profile, device, [o.devices[device] for o in others])
+            dropped = int((~keep).sum())
             for other, ratio in zip(others, ratios):
                 out.append({"stack": profile.name, "device": device, "values_from": f"{other.name} on {device}",
                             "rows": len(ratio), "dropped": dropped, "mape_pct": float(np.mean(np.abs(ratio - 1)) * 100),
