@@ -30,9 +30,9 @@ def predict_with(rows: pd.DataFrame, profile: StackProfile, device: str, sources
     of ``sources`` (a dict of stack values, or None: the catalog's own) as the device's values. The
     table (schedules, KV capacity: datasheet physics) is built once and its prediction compiled once."""
     # the values straight onto the catalog entry: no stack lookup, so no fallback of any kind
-    params = [get_hardware(device, **(values or {})).params for values in sources]
-    spec = get_hardware(device).spec
-    spec = dataclasses.replace(spec, kv_reads=profile.kv_reads_for(spec.platform))
+    hws = [get_hardware(device, **(values or {})) for values in sources]
+    params = [hw.params for hw in hws]
+    spec = dataclasses.replace(hws[0].spec, kv_reads=profile.kv_reads_for(hws[0].spec.platform))
     table = StaticBatchTable(rows.reset_index(drop=True), spec, params[0], profile)
     predict = jax.jit(lambda p: table.predict(p)[0])
     measured = table.measured()[0]

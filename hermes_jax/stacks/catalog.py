@@ -18,8 +18,7 @@ from . import DEFAULT_STACK  # defined in the package, where the CLI reads it wi
 from .profile import KVSizing, StackProfile, profiles_from_toml
 
 DATA = Path(__file__).parent / "data"
-OVERLAY_ORIGIN = "hermes_jax/hardware/data/calibrated.toml"   # origin of the kernel-level stacks
-KERNEL_LEVEL = ("sarathi-2024", "splitwise-2023")   # research engines' kernel-level stacks: never borrow
+OVERLAY_ORIGIN = "hermes_jax/hardware/data/calibrated.toml"   # origin of the kernel-level stacks (never borrow)
 _USER: dict[str, StackProfile] = {}
 _SHIPPED: dict[str, StackProfile] | None = None
 
@@ -92,7 +91,7 @@ def device_values(profile: StackProfile, device: str, same_die=(), platform: str
     values, provenance, calibrated = profile.values_for(device, same_die, platform)
     # The kernel-level stacks (splitwise-2023, sarathi-2024) are where calibrations start from: a fit
     # of a device they lack must start from the catalog, not from the shipped fit it is redoing.
-    if values or calibrated or profile.name in KERNEL_LEVEL:
+    if values or calibrated or profile.origin == OVERLAY_ORIGIN:
         return values, provenance, calibrated
     for other in shipped_stacks().values():   # stacks.toml's order: the default stack first
         if other.origin != str(DATA / "stacks.toml") or other.name == profile.name:
